@@ -1,0 +1,40 @@
+"""The worker's environment (DESIGN.md contracts), typed and validated in one place."""
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from callcancel.models import describe
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    dead_letter_queue_url: str = Field(min_length=1)
+    cancel_queue_url: str | None = None
+    idempotency_table: str | None = None
+    deferred_table: str | None = None
+    secret_prefix: str = "callcancel"  # noqa: S105  (a name prefix, not a secret)
+    max_attempts: int = Field(5, ge=1)
+    retry_base_seconds: float = Field(30, ge=0)
+    retry_max_seconds: float = Field(900, ge=0)
+    ryng_base_url: str = "https://{subdomain}.ryng.in"
+    plum_base_url: str = "https://fuse.plumvoice.com"
+    provider_timeout_seconds: float = Field(10, gt=0)
+    provider_connect_timeout_seconds: float = Field(3.05, gt=0)
+    max_in_flight: int = Field(10, ge=1, le=100)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
+        """Read the contract's variables; empty values count as unset. Errors name the variable."""
+        values = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise RuntimeError(f"invalid callcancel configuration: {describe(exc).upper()}") from None
+
+    @property
+    def attempt_budget_seconds(self) -> float:
+        """Time one record may need: a provider call, plus its retry after an auth refresh, plus AWS calls."""
+        return 2 * (self.provider_connect_timeout_seconds + self.provider_timeout_seconds) + 2

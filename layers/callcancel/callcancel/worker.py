@@ -1,0 +1,190 @@
+"""The cancel worker: an SQS batch in, each record cancelled, retried later, or dead-lettered with its reason."""
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field
+
+from callcancel.backoff import backoff_seconds
+from callcancel.canceller import Canceller
+from callcancel.credentials import SecretStore
+from callcancel.dead_letter import DeadLetter
+from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, TransientFailure
+from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
+from callcancel.observability import count_outcome, count_records, logger
+from callcancel.providers import PROVIDERS, provider_session
+from callcancel.queues import WorkerQueues
+from callcancel.settings import Settings
+
+IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
+
+
+class RetryLater(Exception):
+    """Reported to SQS as a batch item failure: the message comes back after its visibility timeout."""
+
+
+class CancelJob(BaseModel):
+    """What the idempotency layer sees: the key, and the target it must not be reused for."""
+
+    model_config = ConfigDict(frozen=True)
+    key: str
+    request: RyngCancel | PlumCancel = Field(discriminator="provider")
+
+
+def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
+    return {**response, "replayed": True}
+
+
+class CancelWorker:
+    def __init__(self, settings: Settings, canceller: Canceller, queues: WorkerQueues, idempotency_table: str | None):
+        self._settings = settings
+        self._canceller = canceller
+        self._queues = queues
+        self._executor = ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="cancel")
+        # Every record of a failed batch is a batch item failure; the invocation itself did not fail.
+        self._processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
+        self._idempotency: IdempotencyConfig | None = None
+        self._cancel_once = self._cancel
+        if idempotency_table:
+            self._idempotency = IdempotencyConfig(
+                event_key_jmespath="key",
+                # The same request_id reused for another target is a producer bug, not a duplicate.
+                payload_validation_jmespath="request.[provider, account, call_id, application_id, deployment_id]",
+                raise_on_no_idempotency_key=True,
+                expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
+                response_hook=_mark_replayed,
+            )
+            self._cancel_once = idempotent_function(
+                self._cancel,
+                data_keyword_argument="job",
+                persistence_store=DynamoDBPersistenceLayer(table_name=idempotency_table),
+                config=self._idempotency,
+                key_prefix="callcancel.cancel",
+            )
+        else:
+            logger.warning("IDEMPOTENCY_TABLE is not set: idempotency is off, a redelivered cancel calls again")
+
+    def process_batch(self, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+        if self._idempotency:
+            # Lets Powertools expire an in-progress lock when this invocation times out.
+            self._idempotency.register_lambda_context(context)
+        count_records(len(event.get("Records", [])))
+        return dict(async_process_partial_response(event, self._handle_record, self._processor, context))
+
+    async def _handle_record(self, record: SQSRecord, lambda_context: LambdaContext) -> str:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.process_record, record, lambda_context)
+
+    def process_record(self, record: SQSRecord, context: LambdaContext) -> str:
+        """Return the outcome once the message may be deleted; raise `RetryLater` to keep it on the queue."""
+        attempt = int(record.attributes.approximate_receive_count or 1)
+        remaining_ms = context.get_remaining_time_in_millis()
+        if remaining_ms < self._settings.attempt_budget_seconds * 1000:
+            # Not started, so not lost: back on the queue at once for an invocation with time to spare.
+            self._queues.delay(record, 0)
+            raise RetryLater(f"not started: {remaining_ms} ms left in this invocation")
+        try:
+            request = parse_cancel_request(record.body)
+        except InvalidRequest as failure:
+            return self._dead_letter(record, failure, attempt, provider="unknown")
+
+        logger.thread_safe_append_keys(
+            correlation_id=request.request_id or record.message_id,
+            message_id=record.message_id,
+            provider=request.provider,
+            account=request.account,
+            target=request.target,
+            attempt=attempt,
+        )
+        try:
+            return self._carry_out(record, request, attempt)
+        finally:
+            logger.thread_safe_clear_keys()
+
+    def _carry_out(self, record: SQSRecord, request: RyngCancel | PlumCancel, attempt: int) -> str:
+        try:
+            outcome = self._cancel_or_defer(request, key=request.request_id or record.message_id)
+        except CancelFailure as failure:
+            return self._dead_letter(record, failure, attempt, provider=request.provider)
+        except TransientFailure as failure:
+            if attempt >= self._settings.max_attempts:
+                return self._dead_letter(record, failure.exhausted(attempt), attempt, provider=request.provider)
+            delay = backoff_seconds(
+                attempt,
+                base=self._settings.retry_base_seconds,
+                cap=self._settings.retry_max_seconds,
+                retry_after=failure.retry_after,
+            )
+            self._queues.delay(record, delay)
+            count_outcome(request.provider, "retry")
+            logger.info("will retry", extra={"reason": failure.reason, "delay_seconds": delay})
+            raise RetryLater(failure.reason) from None
+        count_outcome(request.provider, outcome)
+        logger.info(outcome)
+        return outcome
+
+    def _cancel_or_defer(self, request: RyngCancel | PlumCancel, key: str) -> str:
+        """The outcome: cancelled, or duplicate when an earlier delivery already cancelled it."""
+        if request.when == "nightly":
+            raise ConfigError("when=nightly needs a deferred-cancel store (DEFERRED_TABLE), which is not configured")
+        try:
+            result = self._cancel_once(job=CancelJob(key=key, request=request))
+        except IdempotencyValidationError:
+            raise InvalidRequest(f"request_id {key} was already used for a different target") from None
+        except IdempotencyAlreadyInProgressError:
+            raise TransientFailure(f"request {key} is being carried out by another delivery") from None
+        except IdempotencyPersistenceLayerError as exc:
+            raise TransientFailure(f"idempotency store unavailable: {exc}") from None
+        except (CancelFailure, TransientFailure):
+            raise
+        except Exception as exc:
+            # A bug or an unforeseen SDK error: retried, and dead-lettered as exhausted if it persists.
+            logger.exception("unexpected error")
+            raise TransientFailure(f"unexpected error: {type(exc).__name__}") from None
+        return "duplicate" if result.get("replayed") else "cancelled"
+
+    def _cancel(self, *, job: CancelJob) -> dict[str, Any]:
+        self._canceller.cancel(job.request)
+        return {"outcome": "cancelled"}
+
+    def _dead_letter(self, record: SQSRecord, failure: CancelFailure, attempt: int, *, provider: str) -> str:
+        self._queues.dead_letter(DeadLetter(record.body, failure, attempt, record.message_id))
+        count_outcome(provider, failure.failure_class)
+        logger.warning(
+            "dead-lettered",
+            extra={
+                "failure_class": failure.failure_class,
+                "failure_reason": failure.reason,
+                "http_status": failure.http_status,
+            },
+        )
+        return str(failure.failure_class)
+
+
+@functools.cache
+def worker_for(settings: Settings) -> CancelWorker:
+    """One worker per container (and per distinct configuration): clients, sessions and pools are built once."""
+    session = provider_session(pool_size=settings.max_in_flight)
+    timeout = (settings.provider_connect_timeout_seconds, settings.provider_timeout_seconds)
+    base_urls = {"ryng": settings.ryng_base_url, "plum": settings.plum_base_url}
+    clients = {name: client(session, base_urls[name], timeout) for name, client in PROVIDERS.items()}
+    canceller = Canceller(clients, SecretStore(max_age=300), settings.secret_prefix)
+    queues = WorkerQueues(boto3.client("sqs"), settings.dead_letter_queue_url, settings.cancel_queue_url)
+    return CancelWorker(settings, canceller, queues, settings.idempotency_table)

@@ -1,0 +1,1 @@
+"""Dev-only local stack for callcancel: embedded AWS, provider simulator, event-source runner."""

@@ -1,0 +1,48 @@
+"""AWS on loopback: moto in server mode, a real HTTP endpoint that boto3 reaches through AWS_ENDPOINT_URL."""
+
+import logging
+from types import TracebackType
+
+import requests
+from moto.server import ThreadedMotoServer
+
+# moto accepts any credentials; these make boto3 sign requests without touching a real account.
+LOCAL_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+class EmbeddedAws:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+        self.endpoint_url = ""
+
+    def start(self) -> "EmbeddedAws":
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise here
+        try:
+            self._server.start()
+        except OSError as exc:
+            raise SystemExit(f"cannot start the embedded AWS: {exc.strerror} (is the port in use?)") from None
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+        return self
+
+    def environment(self) -> dict[str, str]:
+        """What a process needs to talk to this AWS instead of the real one."""
+        return {**LOCAL_ENVIRONMENT, "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def reset(self) -> None:
+        requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> "EmbeddedAws":
+        return self.start()
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,440 @@
+"""HTTP simulator of the Ryng and Plum Fuse cancel APIs (see the provider pages in DESIGN.md's seeds).
+
+Tests drive it in-process through `ProviderSimulator`; other processes (the local stack) drive it
+through the small JSON control API under `/_sim/`.
+"""
+
+import argparse
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import re
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
+
+PROVIDERS = ("ryng", "plum")
+
+_RYNG_PATH = re.compile(r"/ryng/(?P<subdomain>[^/]+)/rest-api/v1/progressive/call/(?P<call_id>[^/]+)/cancel")
+_PLUM_PATH = re.compile(r"/plum/api/apps/(?P<app>[^/]+)/(?P<dep>[^/]+)/cancel")
+
+PLUM_401 = "Authentication headers invalid or the account is inactive."
+PLUM_403 = "The account attempting to cancel calls does not have appropriate permissions."
+PLUM_404 = "No deployment was found by that application id and deployment id."
+PLUM_405 = "Invalid HTTP method supplied (only DELETE allowed)."
+
+Headers = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SimCall:
+    """One provider request the simulator answered (status 0: the connection was dropped instead)."""
+
+    provider: str
+    method: str
+    path: str
+    account: str | None
+    target: str | None
+    status: int
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    body: bytes = b""
+    headers: Headers = field(default_factory=dict)
+
+
+@dataclass
+class _Fault:
+    reply: _Reply | None  # None: drop the connection
+    remaining: int  # -1: until cleared
+
+
+@dataclass
+class _RyngAccount:
+    access_token: str
+    pending: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _PlumAccount:
+    developer_key: str
+    permitted: bool
+    deployments: dict[tuple[str, str], int] = field(default_factory=dict)
+
+
+def _json(status: int, payload: object, **headers: str) -> _Reply:
+    return _Reply(status, json.dumps(payload).encode(), {"Content-Type": "application/json", **headers})
+
+
+def _body_reply(status: int, body: bytes | str | dict[str, Any] | None, headers: Headers | None) -> _Reply:
+    if isinstance(body, dict):
+        raw, content_type = json.dumps(body).encode(), "application/json"
+    elif isinstance(body, str):
+        raw, content_type = body.encode(), "text/plain; charset=utf-8"
+    else:
+        raw, content_type = body or b"", "application/octet-stream"
+    given = headers or {}
+    defaults = {"Content-Type": content_type} if raw and "content-type" not in {k.lower() for k in given} else {}
+    return _Reply(status, raw, defaults | given)
+
+
+def _basic_auth(headers: Headers) -> tuple[str, str] | None:
+    scheme, _, encoded = headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def _identify(provider: str, match: re.Match[str] | None, headers: Headers) -> tuple[str | None, str | None]:
+    if provider == "ryng":
+        return (match["subdomain"], match["call_id"]) if match else (None, None)
+    email = (_basic_auth(headers) or (None, None))[0]
+    return email, f"{match['app']}/{match['dep']}" if match else None
+
+
+def _providers(provider: str) -> tuple[str, ...]:
+    if provider == "*":
+        return PROVIDERS
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {provider!r}")
+    return (provider,)
+
+
+class ProviderSimulator:
+    """Ryng and Plum cancel endpoints on one loopback port, with fault injection and a request log."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.plum_xml_errors = False
+        self._clear()
+        # Bound here so the URLs are known before start(), e.g. to build a Lambda environment.
+        self._server = _Server((host, port), self)
+        self.base_url = f"http://{host}:{self._server.server_port}"
+        self.ryng_base_url = f"{self.base_url}/ryng/{{subdomain}}"
+        self.plum_base_url = f"{self.base_url}/plum"
+
+    def _clear(self) -> None:
+        # A request still sleeping on latency when the simulator is reset belongs to the old state:
+        # it must neither change the new state nor appear in its log (tests reset between cases).
+        self._epoch = getattr(self, "_epoch", 0) + 1
+        self._ryng: dict[str, _RyngAccount] = {}
+        self._plum: dict[str, _PlumAccount] = {}
+        self._faults: dict[str, deque[_Fault]] = {p: deque() for p in PROVIDERS}
+        self._latency: dict[str, float] = dict.fromkeys(PROVIDERS, 0.0)
+        self._log: list[SimCall] = []
+        self._cancelled: dict[str, list[str]] = {p: [] for p in PROVIDERS}
+
+    def start(self) -> "ProviderSimulator":
+        if self._thread is None:
+            # A short poll keeps stop() fast: shutdown() waits up to one poll interval.
+            serve = functools.partial(self._server.serve_forever, poll_interval=0.05)
+            self._thread = threading.Thread(target=serve, name="provider-sim", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        # shutdown() waits for serve_forever, so it would hang if start() never ran.
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+        self._server.drop_connections()
+
+    def __enter__(self) -> "ProviderSimulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def add_ryng_account(self, subdomain: str, access_token: str) -> None:
+        with self._lock:
+            self._ryng.setdefault(subdomain, _RyngAccount(access_token)).access_token = access_token
+
+    def add_ryng_calls(self, subdomain: str, *call_ids: str) -> None:
+        with self._lock:
+            self._ryng[subdomain].pending.update(call_ids)
+
+    def add_plum_account(self, email: str, developer_key: str, *, permitted: bool = True) -> None:
+        with self._lock:
+            account = self._plum.setdefault(email, _PlumAccount(developer_key, permitted))
+            account.developer_key, account.permitted = developer_key, permitted
+
+    def add_plum_deployment(self, email: str, application_id: str, deployment_id: str, pending: int = 1) -> None:
+        with self._lock:
+            self._plum[email].deployments[application_id, deployment_id] = pending
+
+    def set_latency(self, provider: str, seconds: float) -> None:
+        with self._lock:
+            for p in _providers(provider):
+                self._latency[p] = seconds
+
+    def inject(
+        self,
+        provider: str,
+        status: int,
+        *,
+        times: int = 1,
+        body: bytes | str | dict[str, Any] | None = None,
+        headers: Headers | None = None,
+    ) -> None:
+        self._add_fault(provider, _body_reply(status, body, headers), times)
+
+    def inject_disconnect(self, provider: str, *, times: int = 1) -> None:
+        self._add_fault(provider, None, times)
+
+    def _add_fault(self, provider: str, reply: _Reply | None, times: int) -> None:
+        if times < 1 and times != -1:
+            raise ValueError(f"times must be positive or -1, not {times}")
+        with self._lock:
+            for p in _providers(provider):
+                self._faults[p].append(_Fault(reply, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            for queue in self._faults.values():
+                queue.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._clear()
+            self.plum_xml_errors = False
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def calls(self, provider: str | None = None) -> list[SimCall]:
+        with self._lock:
+            return [c for c in self._log if provider is None or c.provider == provider]
+
+    def cancelled(self, provider: str) -> list[str]:
+        with self._lock:
+            return list(self._cancelled[provider])
+
+    # -- serving (runs in handler threads) -----------------------------------------------------
+
+    def _answer(self, method: str, raw_path: str, headers: Headers, body: bytes) -> _Reply | None:
+        """The reply to one request, or None to drop the connection."""
+        url = urlsplit(raw_path)
+        if url.path.startswith("/_sim/"):
+            return self._control(method, url.path, url.query, body)
+        provider = url.path.split("/")[1]
+        if provider not in PROVIDERS:
+            return _json(404, {"error": "Not Found"})
+        with self._lock:
+            delay, epoch = self._latency[provider], self._epoch
+        if delay:
+            time.sleep(delay)  # outside the lock, so concurrent requests overlap
+        match = (_RYNG_PATH if provider == "ryng" else _PLUM_PATH).fullmatch(url.path)
+        with self._lock:
+            if epoch != self._epoch:
+                return _json(503, {"error": "simulator was reset"})
+            fault = self._take_fault(provider)
+            if fault is not None:
+                reply = fault.reply
+            else:
+                reply = (self._ryng_cancel if provider == "ryng" else self._plum_cancel)(method, match, headers)
+            status = 0 if reply is None else reply.status
+            self._log.append(SimCall(provider, method, url.path, *_identify(provider, match, headers), status))
+        return reply
+
+    def _take_fault(self, provider: str) -> _Fault | None:
+        queue = self._faults[provider]
+        if not queue:
+            return None
+        fault = queue[0]
+        if fault.remaining > 0:
+            fault.remaining -= 1
+            if fault.remaining == 0:
+                queue.popleft()
+        return fault
+
+    def _ryng_cancel(self, method: str, match: re.Match[str] | None, headers: Headers) -> _Reply:
+        if match is None:
+            return _json(404, {"error": "Not Found"})
+        if method != "POST":
+            return _json(405, {"error": True, "message": "Method Not Allowed"}, Allow="POST")
+        account = self._ryng.get(match["subdomain"])
+        tokens = {headers.get("x-access-token"), headers.get("x-access-key")}
+        if account is None or account.access_token not in tokens:
+            return _json(403, {"error": True, "message": "Unauthorized Token"})
+        if match["call_id"] not in account.pending:
+            return _json(500, {"error": True, "message": "Call ID does not exist"})
+        account.pending.remove(match["call_id"])
+        self._cancelled["ryng"].append(match["call_id"])
+        return _json(200, {"error": False, "message": "Call Cancelled", "data": {}})
+
+    def _plum_cancel(self, method: str, match: re.Match[str] | None, headers: Headers) -> _Reply:
+        if match is None:
+            return _json(404, {"error": "Not Found"})
+        if method != "DELETE":
+            return self._plum_error(405, PLUM_405, headers, Allow="DELETE")
+        user, password = _basic_auth(headers) or ("", "")
+        account = self._plum.get(user)
+        if account is None or account.developer_key != password:
+            return self._plum_error(401, PLUM_401, headers)
+        if not account.permitted:
+            return self._plum_error(403, PLUM_403, headers)
+        key = (match["app"], match["dep"])
+        if key not in account.deployments:
+            return self._plum_error(404, PLUM_404, headers)
+        # Plum cancels "all pending", so a repeat on a known deployment is a 202 too.
+        account.deployments[key] = 0
+        self._cancelled["plum"].append("/".join(key))
+        return _Reply(202)
+
+    def _plum_error(self, status: int, message: str, headers: Headers, **extra: str) -> _Reply:
+        if "application/json" in headers.get("accept", "") and not self.plum_xml_errors:
+            return _json(status, {"error": message}, **extra)
+        xml = f'<?xml version="1.0"?>\n<result>\n  <error>{escape(message)}</error>\n</result>'
+        return _Reply(status, xml.encode(), {"Content-Type": "application/xml", **extra})
+
+    # -- control API ---------------------------------------------------------------------------
+
+    def _control(self, method: str, path: str, query: str, body: bytes) -> _Reply:
+        routes: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
+            ("GET", "/_sim/calls"): lambda d: [asdict(c) for c in self.calls(d.get("provider"))],
+            ("GET", "/_sim/cancelled"): lambda d: self.cancelled(d["provider"]),
+            ("POST", "/_sim/reset"): lambda d: self.reset(),
+            ("POST", "/_sim/clear_faults"): lambda d: self.clear_faults(),
+            ("POST", "/_sim/latency"): lambda d: self.set_latency(d["provider"], float(d["seconds"])),
+            ("POST", "/_sim/inject"): self._control_inject,
+            ("POST", "/_sim/plum/xml_errors"): self._control_xml_errors,
+            ("POST", "/_sim/ryng/accounts"): self._control_ryng_account,
+            ("POST", "/_sim/plum/accounts"): self._control_plum_account,
+        }
+        route = routes.get((method, path))
+        if route is None:
+            return _json(404, {"error": f"no control route {method} {path}"})
+        try:
+            data = {k: v[0] for k, v in parse_qs(query).items()} if method == "GET" else json.loads(body or b"{}")
+            result = route(data)
+        except (KeyError, TypeError, ValueError) as exc:
+            return _json(400, {"error": f"bad control request: {exc!r}"})
+        return _json(200, {"ok": True} if result is None else result)
+
+    def _control_inject(self, d: dict[str, Any]) -> None:
+        if d["status"] == 0:
+            self.inject_disconnect(d["provider"], times=int(d.get("times", 1)))
+        else:
+            self.inject(
+                d["provider"],
+                int(d["status"]),
+                times=int(d.get("times", 1)),
+                body=d.get("body"),
+                headers=d.get("headers"),
+            )
+
+    def _control_xml_errors(self, d: dict[str, Any]) -> None:
+        self.plum_xml_errors = bool(d["enabled"])
+
+    def _control_ryng_account(self, d: dict[str, Any]) -> None:
+        self.add_ryng_account(d["subdomain"], d["access_token"])
+        self.add_ryng_calls(d["subdomain"], *map(str, d.get("calls", [])))
+
+    def _control_plum_account(self, d: dict[str, Any]) -> None:
+        self.add_plum_account(d["email"], d["developer_key"], permitted=bool(d.get("permitted", True)))
+        for app, dep, *pending in d.get("deployments", []):
+            self.add_plum_deployment(d["email"], str(app), str(dep), *map(int, pending))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for handlers sleeping on injected latency
+    request_queue_size = 128  # bursts of concurrent connects from a batch of workers
+
+    def __init__(self, address: tuple[str, int], sim: ProviderSimulator) -> None:
+        super().__init__(address, _Handler)
+        self.sim = sim
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def track(self, conn: socket.socket, *, opened: bool) -> None:
+        with self._open_lock:
+            (self._open.add if opened else self._open.discard)(conn)
+
+    def drop_connections(self) -> None:
+        # Idle keep-alive connections would otherwise go on being served after stop().
+        with self._open_lock:
+            conns, self._open = self._open, set()
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any) -> None:
+        # Clients hanging up (timeouts, stop()) are expected; anything else is a bug worth a traceback.
+        if not isinstance(sys.exception(), OSError):
+            super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    timeout = 120  # frees the thread of a keep-alive connection a client forgot
+    disable_nagle_algorithm = True  # headers and body go out in two writes; Nagle would delay the body ~40 ms
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, opened=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.track(self.connection, opened=False)
+
+    def handle_any(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        reply = self.server.sim._answer(self.command, self.path, headers, body)
+        if reply is None:
+            self.close_connection = True
+            return
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(reply.body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_any
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per request would drown test and local-stack output
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    args = parser.parse_args(argv)
+    with ProviderSimulator(args.host, args.port) as sim:
+        print(f"RYNG_BASE_URL={sim.ryng_base_url}", flush=True)
+        print(f"PLUM_BASE_URL={sim.plum_base_url}", flush=True)
+        print(f"SIMULATOR_URL={sim.base_url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""A worker stack on moto server: CancelQueue, DeadLetterQueue, idempotency table, secrets; and the handler."""
+
+import io
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+from botocore.client import BaseClient
+
+from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
+from callcancel_local.simulator import ProviderSimulator
+from callcancel_local.sqs_source import BatchResult, SqsEventSource
+from tests.support import REPO
+
+RYNG_TOKEN = "ryng-token-SENSITIVE-1f3a"
+PLUM_KEY = "plum-key-SENSITIVE-9c2e"
+PLUM_EMAIL = "ops@acme.example"
+
+Handler = Callable[[dict[str, Any], Any], Any]
+
+
+@pytest.fixture(scope="session")
+def worker_handler() -> Handler:
+    return load_handler(REPO / "functions" / "cancel_worker", "app.lambda_handler")
+
+
+@dataclass
+class WorkerStack:
+    handler: Handler
+    simulator: ProviderSimulator
+    sqs: Any = field(default_factory=lambda: boto3.client("sqs"))
+    secrets: Any = field(default_factory=lambda: boto3.client("secretsmanager"))
+
+    def __post_init__(self) -> None:
+        self.dlq_url = self.sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
+        self.queue_url = self.sqs.create_queue(QueueName="cancel-requests")["QueueUrl"]
+        boto3.client("dynamodb").create_table(
+            TableName="idempotency",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self.source = SqsEventSource(self.sqs, self.queue_url)
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "CANCEL_QUEUE_URL": self.queue_url,
+            "DEAD_LETTER_QUEUE_URL": self.dlq_url,
+            "IDEMPOTENCY_TABLE": "idempotency",
+            "RYNG_BASE_URL": self.simulator.ryng_base_url,
+            "PLUM_BASE_URL": self.simulator.plum_base_url,
+            "MAX_ATTEMPTS": "3",
+            "RETRY_BASE_SECONDS": "0",
+            "PROVIDER_TIMEOUT_SECONDS": "2",
+            "POWERTOOLS_SERVICE_NAME": "callcancel",
+            "POWERTOOLS_METRICS_NAMESPACE": "Callcancel",
+        }
+
+    def put_secret(self, name: str, value: dict[str, Any] | str) -> None:
+        text = value if isinstance(value, str) else json.dumps(value)
+        try:
+            self.secrets.create_secret(Name=name, SecretString=text)
+        except self.secrets.exceptions.ResourceExistsException:
+            self.secrets.put_secret_value(SecretId=name, SecretString=text)
+
+    def send(self, body: dict[str, Any] | str) -> str:
+        text = body if isinstance(body, str) else json.dumps(body)
+        return str(self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=text)["MessageId"])
+
+    def run_batch(self, context: Any = None) -> BatchResult:
+        """One receive, one invocation, settled as Lambda settles it."""
+        event = self.source.receive()
+        assert event is not None, "nothing to receive"
+        return self.source.invoke(self.handler, event, context or LocalLambdaContext(function_name="CancelWorker"))
+
+    def run_until_empty(self, max_batches: int = 50) -> list[BatchResult]:
+        results = []
+        while (event := self.source.receive()) is not None:
+            results.append(self.source.invoke(self.handler, event, LocalLambdaContext(function_name="CancelWorker")))
+            assert len(results) <= max_batches, "the queue does not drain"
+        return results
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        """Everything on the DLQ, left there (visibility 0), with attributes flattened."""
+        letters: dict[str, dict[str, Any]] = {}
+        for _ in range(10):
+            messages = self.sqs.receive_message(
+                QueueUrl=self.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
+            ).get("Messages", [])
+            for message in messages:
+                attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
+                letters[message["MessageId"]] = {"body": message["Body"], **attributes}
+            if not messages:
+                break
+        return list(letters.values())
+
+    def queue_depth(self) -> int:
+        attributes = self.sqs.get_queue_attributes(
+            QueueUrl=self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+@pytest.fixture
+def stack(
+    embedded_aws: EmbeddedAws, simulator: ProviderSimulator, worker_handler: Handler, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[WorkerStack]:
+    embedded_aws.reset()
+    parameters.clear_caches()
+    stack = WorkerStack(worker_handler, simulator)
+    for name, value in stack.environment().items():
+        monkeypatch.setenv(name, value)
+    simulator.add_ryng_account("acme", RYNG_TOKEN)
+    simulator.add_plum_account(PLUM_EMAIL, PLUM_KEY)
+    stack.put_secret("callcancel/ryng/acme", {"subdomain": "acme", "access_token": RYNG_TOKEN})
+    stack.put_secret("callcancel/plum/acme", {"email": PLUM_EMAIL, "developer_key": PLUM_KEY})
+    yield stack
+    parameters.clear_caches()
+
+
+@pytest.fixture
+def secret_fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SecretIds of every GetSecretValue call made from now on (a spy: the real call still goes to moto)."""
+    fetched: list[str] = []
+    make_api_call = BaseClient._make_api_call
+
+    def spy(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "GetSecretValue":
+            fetched.append(params["SecretId"])
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spy)
+    return fetched
+
+
+@pytest.fixture
+def worker_logs(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    """The JSON lines the worker's Powertools logger writes (what CloudWatch Logs would receive)."""
+    buffer = io.StringIO()
+    for handler in logging.getLogger("callcancel").handlers:
+        monkeypatch.setattr(handler, "stream", buffer)
+    return buffer

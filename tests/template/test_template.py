@@ -1,0 +1,313 @@
+"""template.yaml and samconfig.toml hold the design's rules: runtime, queues, least-privilege IAM, contract env.
+
+The static checks read the template with cfn-lint's loader, so intrinsics parse as {"Ref": ...} and
+{"Fn::GetAtt": [...]}. The last two tests run `sam validate --lint` and `sam build` for real.
+"""
+
+import os
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode.cfn_yaml import load
+
+pytestmark = [pytest.mark.template, pytest.mark.xdist_group("sam")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO_ROOT / "template.yaml"
+SAMCONFIG = REPO_ROOT / "samconfig.toml"
+
+CONTRACT_ENV = {
+    "CANCEL_QUEUE_URL",
+    "DEAD_LETTER_QUEUE_URL",
+    "IDEMPOTENCY_TABLE",
+    "SECRET_PREFIX",
+    "MAX_ATTEMPTS",
+    "RETRY_BASE_SECONDS",
+    "RETRY_MAX_SECONDS",
+    "RYNG_BASE_URL",
+    "PLUM_BASE_URL",
+    "PROVIDER_TIMEOUT_SECONDS",
+    "MAX_IN_FLIGHT",
+}
+FOURTEEN_DAYS = 14 * 24 * 3600
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load(str(TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def props(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    return resources[name]["Properties"]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def arn_of(name: str) -> dict[str, Any]:
+    return {"Fn::GetAtt": [name, "Arn"]}
+
+
+@pytest.fixture(scope="module")
+def worker_statements(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    role = props(resources, "CancelWorkerRole")
+    return [statement for policy in role["Policies"] for statement in policy["PolicyDocument"]["Statement"]]
+
+
+def statements_with(statements: list[dict[str, Any]], action_prefix: str) -> list[dict[str, Any]]:
+    return [s for s in statements if any(a.startswith(action_prefix) for a in as_list(s["Action"]))]
+
+
+# ---- runtime and layer --------------------------------------------------------------------------
+
+
+def test_functions_run_python313_on_arm64(template: dict[str, Any]) -> None:
+    function_globals = template["Globals"]["Function"]
+
+    assert function_globals["Runtime"] == "python3.13"
+    assert function_globals["Architectures"] == ["arm64"]
+    assert function_globals["Tracing"] == "Active"
+
+
+def test_layer_is_built_for_python313_on_arm64(resources: dict[str, Any]) -> None:
+    layer = resources["CallcancelLayer"]
+
+    assert layer["Type"] == "AWS::Serverless::LayerVersion"
+    assert layer["Properties"]["ContentUri"] == "layers/callcancel/"
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    assert layer["Properties"]["CompatibleArchitectures"] == ["arm64"]
+    assert layer["Metadata"]["BuildMethod"] == "python3.13"
+    assert layer["Metadata"]["BuildArchitecture"] == "arm64"
+
+
+# ---- queues -------------------------------------------------------------------------------------
+
+
+def test_cancel_queue_is_encrypted_and_outwaits_six_function_timeouts(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    queue = props(resources, "CancelQueue")
+    function_timeout = template["Globals"]["Function"]["Timeout"]
+
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["VisibilityTimeout"] >= 6 * function_timeout
+
+
+def test_cancel_queue_redrives_to_dlq_after_max_attempts_plus_two(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    redrive = props(resources, "CancelQueue")["RedrivePolicy"]
+    map_name, top_key, second_key = redrive["maxReceiveCount"]["Fn::FindInMap"]
+    mapping = template["Mappings"][map_name]
+    allowed_attempts = template["Parameters"]["MaxAttempts"]["AllowedValues"]
+
+    assert redrive["deadLetterTargetArn"] == arn_of("DeadLetterQueue")
+    assert top_key == {"Ref": "MaxAttempts"}
+    assert set(mapping) == {str(n) for n in allowed_attempts}
+    for attempts, row in mapping.items():
+        assert row[second_key] == int(attempts) + 2, attempts
+
+
+def test_dlq_keeps_messages_14_days_longer_than_the_cancel_queue(resources: dict[str, Any]) -> None:
+    dlq = props(resources, "DeadLetterQueue")
+
+    assert dlq["SqsManagedSseEnabled"] is True
+    assert dlq["MessageRetentionPeriod"] == FOURTEEN_DAYS
+    assert dlq["MessageRetentionPeriod"] > props(resources, "CancelQueue")["MessageRetentionPeriod"]
+
+
+def test_both_queues_deny_requests_without_tls(resources: dict[str, Any]) -> None:
+    covered: set[str] = set()
+    for resource in resources.values():
+        if resource["Type"] != "AWS::SQS::QueuePolicy":
+            continue
+        denies_insecure = any(
+            s["Effect"] == "Deny"
+            and as_list(s["Action"]) == ["sqs:*"]
+            and str(s["Condition"]["Bool"]["aws:SecureTransport"]).lower() == "false"
+            for s in resource["Properties"]["PolicyDocument"]["Statement"]
+        )
+        if denies_insecure:
+            covered |= {queue["Ref"] for queue in resource["Properties"]["Queues"]}
+
+    assert {"CancelQueue", "DeadLetterQueue"} <= covered
+
+
+# ---- state --------------------------------------------------------------------------------------
+
+
+def test_idempotency_table_uses_the_powertools_key_and_ttl(resources: dict[str, Any]) -> None:
+    table = props(resources, "IdempotencyTable")
+
+    assert resources["IdempotencyTable"]["Type"] == "AWS::DynamoDB::Table"
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expiration", "Enabled": True}
+
+
+# ---- the worker ---------------------------------------------------------------------------------
+
+
+def test_worker_environment_is_exactly_the_contract(resources: dict[str, Any]) -> None:
+    env = props(resources, "CancelWorker")["Environment"]["Variables"]
+
+    assert set(env) == CONTRACT_ENV
+    assert env["CANCEL_QUEUE_URL"] == {"Ref": "CancelQueue"}
+    assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "DeadLetterQueue"}
+    assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+
+
+def test_worker_uses_the_layer_and_no_function_dead_letter_queue(resources: dict[str, Any]) -> None:
+    worker = props(resources, "CancelWorker")
+
+    assert worker["Layers"] == [{"Ref": "CallcancelLayer"}]
+    assert worker["Handler"] == "app.lambda_handler"
+    assert "DeadLetterQueue" not in worker
+
+
+def test_sqs_event_reports_partial_failures_with_bounded_concurrency(resources: dict[str, Any]) -> None:
+    (event,) = props(resources, "CancelWorker")["Events"].values()
+
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == arn_of("CancelQueue")
+    assert event["Properties"]["BatchSize"] == 10
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["Properties"]["ScalingConfig"]["MaximumConcurrency"] == {"Ref": "MaxConcurrency"}
+
+
+def test_worker_role_is_its_own_and_trusts_only_lambda(resources: dict[str, Any]) -> None:
+    role = resources["CancelWorkerRole"]
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+
+    assert props(resources, "CancelWorker")["Role"] == arn_of("CancelWorkerRole")
+    assert role["Type"] == "AWS::IAM::Role"
+    assert "ManagedPolicyArns" not in role["Properties"]
+    assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+
+
+def test_worker_reads_only_prefixed_secrets(worker_statements: list[dict[str, Any]]) -> None:
+    (statement,) = statements_with(worker_statements, "secretsmanager:")
+
+    assert as_list(statement["Action"]) == ["secretsmanager:GetSecretValue"]
+    assert statement["Resource"]["Fn::Sub"].endswith("secret:${SecretPrefix}/*")
+
+
+def test_only_xray_is_granted_on_every_resource(worker_statements: list[dict[str, Any]]) -> None:
+    wildcard = [s for s in worker_statements if "*" in as_list(s["Resource"])]
+
+    assert wildcard, "X-Ray needs Resource '*'"
+    for statement in wildcard:
+        assert all(action.startswith("xray:") for action in as_list(statement["Action"])), statement
+
+
+def test_worker_logs_only_to_its_own_log_group(
+    resources: dict[str, Any], worker_statements: list[dict[str, Any]]
+) -> None:
+    (statement,) = statements_with(worker_statements, "logs:")
+
+    assert statement["Resource"] == arn_of("CancelWorkerLogGroup")
+    assert props(resources, "CancelWorker")["LoggingConfig"]["LogGroup"] == {"Ref": "CancelWorkerLogGroup"}
+
+
+@pytest.mark.parametrize(
+    ("action", "resource"),
+    [
+        ("sqs:SendMessage", arn_of("DeadLetterQueue")),
+        ("sqs:ChangeMessageVisibility", arn_of("CancelQueue")),
+        ("sqs:ReceiveMessage", arn_of("CancelQueue")),
+        ("sqs:DeleteMessage", arn_of("CancelQueue")),
+        ("dynamodb:", arn_of("IdempotencyTable")),
+    ],
+)
+def test_worker_action_is_granted_only_on_its_resource(
+    worker_statements: list[dict[str, Any]], action: str, resource: dict[str, Any]
+) -> None:
+    granting = statements_with(worker_statements, action)
+
+    assert granting, action
+    for statement in granting:
+        assert as_list(statement["Resource"]) == [resource], statement
+
+
+# ---- outputs and samconfig ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "CancelQueueUrl",
+        "CancelQueueArn",
+        "DeadLetterQueueUrl",
+        "DeadLetterQueueArn",
+        "IdempotencyTableName",
+        "CancelWorkerName",
+    ],
+)
+def test_output_is_present_and_described(template: dict[str, Any], output: str) -> None:
+    assert template["Outputs"][output]["Description"]
+
+
+def test_samconfig_has_dev_and_prod_stacks() -> None:
+    config = tomllib.loads(SAMCONFIG.read_text())
+
+    assert config["default"]["global"]["parameters"]["stack_name"] == "callcancel-dev"
+    assert config["prod"]["global"]["parameters"]["stack_name"] == "callcancel-prod"
+    assert config["default"]["deploy"]["parameters"]["confirm_changeset"] is False
+    assert config["prod"]["deploy"]["parameters"]["confirm_changeset"] is True
+
+
+# ---- sam validate and sam build -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamRun:
+    validate: subprocess.CompletedProcess[str]
+    build: subprocess.CompletedProcess[str]
+    build_dir: Path
+
+
+def run_sam(*args: str) -> subprocess.CompletedProcess[str]:
+    bin_dir = Path(sys.executable).parent  # the venv's bin: holds sam and the python3.13 sam build needs
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "SAM_CLI_TELEMETRY": "0"}
+    return subprocess.run(
+        [str(bin_dir / "sam"), *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def sam_run(tmp_path_factory: pytest.TempPathFactory) -> SamRun:
+    build_dir = tmp_path_factory.mktemp("sam") / "build"
+    validate = run_sam("validate", "--lint", "-t", "template.yaml")
+    # --no-cached: samconfig caches builds under .aws-sam/ in the repo; a test leaves nothing behind.
+    build = run_sam(
+        "build", "-t", "template.yaml", "--build-dir", str(build_dir), "--base-dir", str(REPO_ROOT), "--no-cached"
+    )
+    return SamRun(validate=validate, build=build, build_dir=build_dir)
+
+
+def test_sam_validate_lint_passes(sam_run: SamRun) -> None:
+    assert sam_run.validate.returncode == 0, sam_run.validate.stdout + sam_run.validate.stderr
+
+
+def test_sam_build_ships_the_package_and_arm64_dependencies(sam_run: SamRun) -> None:
+    assert sam_run.build.returncode == 0, sam_run.build.stdout + sam_run.build.stderr
+    layer = sam_run.build_dir / "CallcancelLayer" / "python"
+
+    assert (layer / "callcancel" / "__init__.py").is_file()
+    assert [so.name for so in (layer / "pydantic_core").glob("*.so") if "aarch64" in so.name]
+    assert (sam_run.build_dir / "CancelWorker" / "app.py").is_file()
