@@ -15,9 +15,11 @@ export SAM_CLI_TELEMETRY := 0
 PYTHON313 ?= $(shell for p in python3.13 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
 
-.PHONY: help install lock lint test test-fast build bench clean
+.PHONY: help install lock lint test test-fast build bench demo local clean
 
 help:
+	@echo "make demo     run the whole job locally (embedded AWS, provider simulator), print a summary"
+	@echo "make local    start the local stack and keep it running, for exploring"
 	@echo "make test     lint, unit, integration, template and end-to-end tests"
 	@echo "make bench    concurrency and memory benchmark"
 	@echo "make install  create .venv with the package and the dev tools (aws-sam-cli included)"
@@ -54,6 +56,12 @@ test-fast: $(STAMP)
 build: $(STAMP)
 	sam validate --lint
 	sam build
+
+demo: $(STAMP)
+	@$(BIN)/python -W ignore -m callcancel_local.demo
+
+local: $(STAMP)
+	@$(BIN)/python -W ignore -m callcancel_local.serve
 
 bench: $(STAMP)
 	$(BIN)/python -m callcancel_local.bench

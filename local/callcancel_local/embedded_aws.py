@@ -1,6 +1,7 @@
 """AWS on loopback: moto in server mode, a real HTTP endpoint that boto3 reaches through AWS_ENDPOINT_URL."""
 
 import logging
+import socket
 from types import TracebackType
 
 import requests
@@ -18,15 +19,25 @@ LOCAL_ENVIRONMENT = {
 
 class EmbeddedAws:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = (host, port)
         self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
         self.endpoint_url = ""
 
     def start(self) -> "EmbeddedAws":
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise here
-        try:
-            self._server.start()
-        except OSError as exc:
-            raise SystemExit(f"cannot start the embedded AWS: {exc.strerror} (is the port in use?)") from None
+        # moto binds inside its thread and would wait forever for a port that is taken: check first.
+        host, port = self._address
+        if port:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    raise SystemExit(
+                        f"error: cannot start the embedded AWS on {host}:{port}: {exc.strerror}. "
+                        "Stop what uses that port or choose another (CALLCANCEL_AWS_PORT)."
+                    ) from None
+        self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
         return self

@@ -59,6 +59,7 @@ class _Reply:
 class _Fault:
     reply: _Reply | None  # None: drop the connection
     remaining: int  # -1: until cleared
+    target: str | None = None  # only requests for this call id / "app/deployment"; None: every request
 
 
 @dataclass
@@ -196,18 +197,19 @@ class ProviderSimulator:
         times: int = 1,
         body: bytes | str | dict[str, Any] | None = None,
         headers: Headers | None = None,
+        target: str | None = None,
     ) -> None:
-        self._add_fault(provider, _body_reply(status, body, headers), times)
+        self._add_fault(provider, _body_reply(status, body, headers), times, target)
 
-    def inject_disconnect(self, provider: str, *, times: int = 1) -> None:
-        self._add_fault(provider, None, times)
+    def inject_disconnect(self, provider: str, *, times: int = 1, target: str | None = None) -> None:
+        self._add_fault(provider, None, times, target)
 
-    def _add_fault(self, provider: str, reply: _Reply | None, times: int) -> None:
+    def _add_fault(self, provider: str, reply: _Reply | None, times: int, target: str | None) -> None:
         if times < 1 and times != -1:
             raise ValueError(f"times must be positive or -1, not {times}")
         with self._lock:
             for p in _providers(provider):
-                self._faults[p].append(_Fault(reply, times))
+                self._faults[p].append(_Fault(reply, times, target))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -247,7 +249,7 @@ class ProviderSimulator:
         with self._lock:
             if epoch != self._epoch:
                 return _json(503, {"error": "simulator was reset"})
-            fault = self._take_fault(provider)
+            fault = self._take_fault(provider, _identify(provider, match, headers)[1])
             if fault is not None:
                 reply = fault.reply
             else:
@@ -256,15 +258,13 @@ class ProviderSimulator:
             self._log.append(SimCall(provider, method, url.path, *_identify(provider, match, headers), status))
         return reply
 
-    def _take_fault(self, provider: str) -> _Fault | None:
+    def _take_fault(self, provider: str, target: str | None) -> _Fault | None:
         queue = self._faults[provider]
-        if not queue:
-            return None
-        fault = queue[0]
-        if fault.remaining > 0:
+        fault = next((f for f in queue if f.target is None or f.target == target), None)
+        if fault is not None and fault.remaining > 0:
             fault.remaining -= 1
             if fault.remaining == 0:
-                queue.popleft()
+                queue.remove(fault)
         return fault
 
     def _ryng_cancel(self, method: str, match: re.Match[str] | None, headers: Headers) -> _Reply:

@@ -12,6 +12,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from botocore.client import BaseClient
 
+from callcancel.queues import peek
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
@@ -87,18 +88,8 @@ class WorkerStack:
         return results
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        """Everything on the DLQ, left there (visibility 0), with attributes flattened."""
-        letters: dict[str, dict[str, Any]] = {}
-        for _ in range(10):
-            messages = self.sqs.receive_message(
-                QueueUrl=self.dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], VisibilityTimeout=0
-            ).get("Messages", [])
-            for message in messages:
-                attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
-                letters[message["MessageId"]] = {"body": message["Body"], **attributes}
-            if not messages:
-                break
-        return list(letters.values())
+        """Everything on the DLQ, left there, with attributes flattened."""
+        return [{k: v for k, v in letter.items() if k != "message_id"} for letter in peek(self.sqs, self.dlq_url)]
 
     def queue_depth(self) -> int:
         attributes = self.sqs.get_queue_attributes(

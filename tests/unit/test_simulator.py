@@ -318,3 +318,15 @@ def test_module_runs_in_the_foreground_and_prints_the_base_urls() -> None:
 
     assert lines["RYNG_BASE_URL"] == lines["SIMULATOR_URL"] + "/ryng/{subdomain}"
     assert lines["PLUM_BASE_URL"] == lines["SIMULATOR_URL"] + "/plum"
+
+
+def test_a_fault_can_target_one_call() -> None:
+    with ProviderSimulator() as sim:
+        sim.add_ryng_account("acme", "t")
+        sim.add_ryng_calls("acme", "down", "up")
+        sim.inject("ryng", 503, times=-1, target="down")
+        url = sim.ryng_base_url.replace("{subdomain}", "acme") + "/rest-api/v1/progressive/call/{}/cancel"
+        headers = {"x-access-token": "t"}
+        assert requests.post(url.format("down"), headers=headers, timeout=5).status_code == 503
+        assert requests.post(url.format("up"), headers=headers, timeout=5).status_code == 200
+        assert requests.post(url.format("down"), headers=headers, timeout=5).status_code == 503

@@ -1,0 +1,167 @@
+"""`make demo`: the whole job on this machine, from the real template, with no AWS account and no Docker.
+
+It starts an embedded AWS (moto server) and the provider simulator, deploys template.yaml into it, publishes
+a realistic mix of cancel requests, runs the deployed worker until the queue is drained (with fast demo
+retry settings), and prints what happened: outcomes per class, each dead letter with its reason, and the
+provider calls made.
+"""
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.runner import EventSourceRunner
+from callcancel_local.simulator import ProviderSimulator
+from callcancel_local.stack import DeployedStack, DeployError, deploy
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+# Fast retries so that the demo finishes in seconds; production keeps 30 s / 900 s and 5 attempts.
+DEMO_PARAMETERS = {"RetryBaseSeconds": "1", "RetryMaxSeconds": "2", "MaxAttempts": "3", "LogLevel": "WARNING"}
+OUTCOME_CLASSES = ("cancelled", "duplicate", "invalid", "config", "not_found", "auth", "rejected", "exhausted")
+
+
+@dataclass(frozen=True)
+class DemoAccounts:
+    """Demo tenants, seeded both at the simulator and in Secrets Manager."""
+
+    ryng_token: str = "demo-ryng-token"  # noqa: S105  (a demo value for the local simulator)
+    plum_email: str = "ops@acme.example"
+    plum_key: str = "demo-plum-key"
+
+
+def seed(simulator: ProviderSimulator, accounts: DemoAccounts = DemoAccounts()) -> None:
+    secrets = boto3.client("secretsmanager")
+    simulator.add_ryng_account("acme", accounts.ryng_token)
+    simulator.add_ryng_account("globex", "globex-current-token")
+    simulator.add_plum_account(accounts.plum_email, accounts.plum_key)
+    for name, value in {
+        "callcancel/ryng/acme": {"subdomain": "acme", "access_token": accounts.ryng_token},
+        "callcancel/ryng/globex": {"subdomain": "globex", "access_token": "globex-revoked-token"},
+        "callcancel/plum/acme": {"email": accounts.plum_email, "developer_key": accounts.plum_key},
+    }.items():
+        secrets.create_secret(Name=name, SecretString=json.dumps(value))
+
+
+def scenario(simulator: ProviderSimulator) -> list[str]:
+    """The demo's cancel requests, with the provider behaviour each one meets."""
+    simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001")
+    simulator.add_ryng_calls("globex", "g-1")
+    simulator.add_plum_deployment("ops@acme.example", "7001", "1", pending=12)
+    simulator.add_plum_deployment("ops@acme.example", "7001", "2", pending=4)
+    simulator.inject("plum", 503, times=2, target="7001/2")  # an outage that recovers
+    simulator.inject("ryng", 500, times=-1, target="r-2001", body={"error": True, "message": "Dialer unavailable"})
+    requests: list[dict[str, Any] | str] = [
+        {"provider": "ryng", "account": "acme", "call_id": "r-1001", "reason": "order cancelled"},
+        {"provider": "ryng", "account": "acme", "call_id": "r-1002", "request_id": "crm-77:cancel"},
+        {"provider": "ryng", "account": "acme", "call_id": "r-1002", "request_id": "crm-77:cancel"},  # a retry
+        {"provider": "ryng", "account": "acme", "call_id": 1003},
+        {"provider": "plum", "account": "acme", "application_id": "7001", "deployment_id": "1"},
+        {"provider": "plum", "account": "acme", "application_id": "7001", "deployment_id": "2"},
+        {"provider": "ryng", "account": "acme", "call_id": "r-9999"},  # unknown call
+        {"provider": "plum", "account": "acme", "application_id": "7001", "deployment_id": "404"},  # unknown
+        {"provider": "ryng", "account": "globex", "call_id": "g-1"},  # a revoked token
+        {"provider": "ryng", "account": "initech", "call_id": "i-1"},  # no secret for this account
+        {"provider": "ryng", "account": "acme", "call_id": "../../admin"},  # invalid
+        '{"provider": "plum", "account": "acme"',  # not even JSON
+        {"provider": "ryng", "account": "acme", "call_id": "r-2001"},  # an outage that does not recover
+    ]
+    return [body if isinstance(body, str) else json.dumps(body) for body in requests]
+
+
+def _target(body: str) -> str:
+    try:
+        request = json.loads(body)
+        return f"{request['provider']}/{request['account']}/" + str(
+            request.get("call_id") or f"{request.get('application_id')}/{request.get('deployment_id')}"
+        )
+    except (ValueError, KeyError, TypeError):
+        return body[:21] + "..."
+
+
+@dataclass
+class DemoReport:
+    published: int
+    outcomes: dict[str, int]  # from the worker's own Outcome metrics, as CloudWatch would sum them
+    retries: int
+    dead_letters: list[dict[str, Any]]
+    provider_calls: Counter[tuple[str, int]]
+
+    @property
+    def unaccounted(self) -> int:
+        return self.published - sum(self.outcomes.values())
+
+
+def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
+    """Deploy, publish the scenario, drain the queue. AWS is whatever AWS_ENDPOINT_URL points at."""
+    stack = deploy(
+        TEMPLATE,
+        parameters={**DEMO_PARAMETERS, "RyngBaseUrl": simulator.ryng_base_url, "PlumBaseUrl": simulator.plum_base_url},
+    )
+    runner = EventSourceRunner(stack)  # deploy() switched moto's own poller off: this is the only one
+    seed(simulator)
+    sqs = boto3.client("sqs")
+    bodies = scenario(simulator)
+    for body in bodies:
+        sqs.send_message(QueueUrl=stack.outputs["CancelQueueUrl"], MessageBody=body)
+    runner.run_until_drained(timeout=90)
+
+    # Imported late: the worker's logger must be created by the runner, with the function's own stdout.
+    from callcancel.queues import peek  # noqa: PLC0415
+
+    worker = runner.output["CancelWorker"]
+    return stack, DemoReport(
+        published=len(bodies),
+        outcomes={name: int(worker.total("Outcome", outcome=name)) for name in OUTCOME_CLASSES},
+        retries=int(worker.total("Outcome", outcome="retry")),
+        dead_letters=peek(sqs, stack.outputs["DeadLetterQueueUrl"]),
+        provider_calls=Counter((call.provider, call.status) for call in simulator.calls()),
+    )
+
+
+def print_summary(report: DemoReport) -> None:
+    print(f"\nOutcomes ({report.published} published, {report.retries} retries on the way):")
+    for name, count in report.outcomes.items():
+        if count:
+            print(f"  {name:<10} {count}")
+    print(f"\nDead letters ({len(report.dead_letters)}):")
+    for letter in sorted(report.dead_letters, key=lambda item: item["failure_class"]):
+        http = f" HTTP {letter['http_status']}" if "http_status" in letter else ""
+        print(
+            f"  {letter['failure_class']:<10} {_target(letter['body']):<24} attempts={letter['attempts']}{http:<9}"
+            f" {letter['failure_reason']}"
+        )
+    print("\nProvider calls:")
+    for (provider, status), count in sorted(report.provider_calls.items()):
+        print(f"  {provider:<5} HTTP {status or 'dropped'}: {count}")
+    lost = report.unaccounted
+    print(f"\nEvery message accounted for: {'yes' if lost == 0 else f'NO, {lost} unaccounted'}")
+
+
+def main() -> int:
+    started = time.monotonic()
+    with EmbeddedAws() as aws, ProviderSimulator() as simulator:
+        os.environ.update(aws.environment())
+        print(f"Embedded AWS at {aws.endpoint_url}; provider simulator at {simulator.base_url}")
+        try:
+            stack, report = run(simulator)
+        except DeployError as exc:
+            print(f"error: the template cannot be deployed locally: {exc}", file=sys.stderr)
+            return 2
+        print(f"Deployed {TEMPLATE.name} as stack {stack.name!r}: functions {', '.join(stack.functions)}")
+        for logical_id, resource_type in stack.not_created:
+            print(f"  not created locally (moto cannot): {logical_id} ({resource_type})")
+        print_summary(report)
+    print(f"Done in {time.monotonic() - started:.1f} s.")
+    return 0 if report.unaccounted == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`make local`: the local stack, kept running for exploring with the aws CLI or the Python API.
+
+The embedded AWS listens on CALLCANCEL_AWS_PORT (default 4566) and the provider simulator on
+CALLCANCEL_SIMULATOR_PORT (default 4567), both on 127.0.0.1. Demo accounts are seeded as in `make demo`.
+"""
+
+import os
+import sys
+import time
+
+from callcancel_local.demo import DEMO_PARAMETERS, TEMPLATE, seed
+from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.runner import EventSourceRunner
+from callcancel_local.simulator import ProviderSimulator
+from callcancel_local.sqs_source import BatchResult
+from callcancel_local.stack import DeployError, deploy
+
+
+def _report(function: str, result: BatchResult) -> None:
+    print(f"{time.strftime('%H:%M:%S')} {function}: {len(result.deleted)} done, {len(result.failed)} to retry")
+
+
+def main() -> int:
+    aws_port = int(os.environ.get("CALLCANCEL_AWS_PORT", "4566"))
+    simulator_port = int(os.environ.get("CALLCANCEL_SIMULATOR_PORT", "4567"))
+    try:
+        simulator = ProviderSimulator(port=simulator_port).start()
+    except OSError as exc:
+        print(
+            f"error: cannot start the provider simulator on 127.0.0.1:{simulator_port}: {exc.strerror}. "
+            "Stop what uses that port or choose another (CALLCANCEL_SIMULATOR_PORT).",
+            file=sys.stderr,
+        )
+        return 2
+    with EmbeddedAws(port=aws_port) as aws, simulator:
+        os.environ.update(aws.environment())
+        try:
+            stack = deploy(
+                TEMPLATE,
+                parameters={
+                    **DEMO_PARAMETERS,
+                    "RyngBaseUrl": simulator.ryng_base_url,
+                    "PlumBaseUrl": simulator.plum_base_url,
+                },
+            )
+        except DeployError as exc:
+            print(f"error: the template cannot be deployed locally: {exc}", file=sys.stderr)
+            return 2
+        runner = EventSourceRunner(stack, on_batch=_report)
+        seed(simulator)
+        simulator.add_ryng_calls("acme", *(f"call-{i}" for i in range(1, 100)))
+        queue, dlq = stack.outputs["CancelQueueUrl"], stack.outputs["DeadLetterQueueUrl"]
+        print(f"""callcancel local stack is up (Ctrl-C to stop).
+
+  export AWS_ENDPOINT_URL={aws.endpoint_url} AWS_DEFAULT_REGION=us-east-1
+  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+  export CALLCANCEL_QUEUE_URL={queue}
+  export CALLCANCEL_DLQ_URL={dlq}
+
+  aws --endpoint-url $AWS_ENDPOINT_URL sqs send-message --queue-url $CALLCANCEL_QUEUE_URL \\
+    --message-body '{{"provider":"ryng","account":"acme","call_id":"call-1"}}'
+  aws --endpoint-url $AWS_ENDPOINT_URL sqs receive-message --queue-url $CALLCANCEL_DLQ_URL \\
+    --message-attribute-names All
+
+Demo accounts: ryng/acme (calls call-1..call-99 pending), ryng/globex (revoked token), plum/acme
+(deployments 7001/1 and 7001/2). Provider simulator: {simulator.base_url} (GET /_sim/calls).
+""")
+        for logical_id, resource_type in stack.not_created:
+            print(f"  not created locally (moto cannot): {logical_id} ({resource_type})")
+        try:
+            while True:
+                if not runner.poll_once():
+                    time.sleep(0.5)
+        except KeyboardInterrupt:
+            print("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The demo scenario through the local stack: the real template deployed into moto, the runner, the simulator."""
+
+import json
+
+import pytest
+from aws_lambda_powertools.utilities import parameters
+
+from callcancel_local.demo import DemoReport, run
+from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.simulator import ProviderSimulator
+
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("local-stack")]
+
+
+@pytest.fixture(scope="module")
+def report(embedded_aws: EmbeddedAws, simulator_server: ProviderSimulator) -> DemoReport:
+    embedded_aws.reset()
+    simulator_server.reset()
+    parameters.clear_caches()  # type: ignore[no-untyped-call]
+    return run(simulator_server)[1]
+
+
+def test_every_message_ends_cancelled_or_dead_lettered(report: DemoReport) -> None:
+    assert report.published == 13
+    assert report.unaccounted == 0
+    assert report.outcomes == {
+        "cancelled": 5,  # 3 Ryng (one by integer id), 2 Plum (one after an outage that recovered)
+        "duplicate": 1,  # the producer's retry of crm-77:cancel
+        "invalid": 2,
+        "config": 1,
+        "not_found": 2,
+        "auth": 1,
+        "rejected": 0,
+        "exhausted": 1,
+    }
+
+
+def test_the_dead_letter_queue_holds_each_failure_with_its_reason(report: DemoReport) -> None:
+    letters = {(letter["failure_class"], letter["body"]) for letter in report.dead_letters}
+    by_class = sorted(letter["failure_class"] for letter in report.dead_letters)
+    assert by_class == ["auth", "config", "exhausted", "invalid", "invalid", "not_found", "not_found"]
+    exhausted = next(letter for letter in report.dead_letters if letter["failure_class"] == "exhausted")
+    assert json.loads(exhausted["body"])["call_id"] == "r-2001"
+    assert exhausted["attempts"] == "3"  # the demo's MaxAttempts, taken from the deployed environment
+    assert exhausted["provider_message"] == "Dialer unavailable"
+    assert ("invalid", '{"provider": "plum", "account": "acme"') in letters, "the body is kept byte for byte"
+    assert all(letter["failure_reason"] and letter["failed_at"] for letter in report.dead_letters)
+
+
+def test_provider_calls_match_the_scenario(report: DemoReport) -> None:
+    assert report.provider_calls[("plum", 503)] == 2  # the outage that recovered
+    assert report.provider_calls[("plum", 202)] == 2
+    assert report.provider_calls[("ryng", 200)] == 3  # the duplicate made no second call
+    assert report.provider_calls[("ryng", 403)] == 2  # denied, secret re-read, denied again
