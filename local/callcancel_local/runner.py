@@ -93,7 +93,15 @@ class EventSourceRunner:
         self._handlers: dict[str, Callable[[dict[str, Any], Any], Any]] = {}
         sqs = boto3.client("sqs")
         self._sources = [
-            (name, SqsEventSource(sqs, mapping.queue_url, batch_size=mapping.batch_size))
+            (
+                name,
+                SqsEventSource(
+                    sqs,
+                    mapping.queue_url,
+                    batch_size=mapping.batch_size,
+                    report_batch_item_failures=mapping.report_batch_item_failures,
+                ),
+            )
             for name, function in stack.functions.items()
             for mapping in function.sqs_sources
         ]

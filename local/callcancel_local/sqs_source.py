@@ -23,10 +23,14 @@ class BatchResult:
 
 
 class SqsEventSource:
-    def __init__(self, sqs: "SQSClient", queue_url: str, *, batch_size: int = 10) -> None:
+    def __init__(
+        self, sqs: "SQSClient", queue_url: str, *, batch_size: int = 10, report_batch_item_failures: bool = True
+    ) -> None:
         self._sqs = sqs
         self.queue_url = queue_url
         self.batch_size = batch_size
+        # Without ReportBatchItemFailures, Lambda ignores the response: a return means the whole batch is done.
+        self.report_batch_item_failures = report_batch_item_failures
         self.queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
@@ -84,7 +88,7 @@ class SqsEventSource:
             response = handler(event, context)
         except Exception as exc:  # Lambda: the invocation failed, every message is retried.
             return BatchResult(event, None, [], ids, exc)
-        failed = _reported_failures(response, ids)
+        failed = _reported_failures(response, ids) if self.report_batch_item_failures else set()
         if failed is None:  # Lambda treats a malformed response as a failure of the whole batch.
             return BatchResult(event, response, [], ids)
         done = [record for record in event["Records"] if record["messageId"] not in failed]
