@@ -100,7 +100,8 @@ def broken_template(tmp_path: Path, old: str, new: str) -> Path:
     text = TEMPLATE.read_text()
     assert old in text
     text = text.replace(old, new, 1)
-    for folder in ("functions/cancel_worker/", "layers/callcancel/"):  # the code stays where it is
+    # The code stays where it is.
+    for folder in ("functions/cancel_worker/", "functions/nightly_purge/", "layers/callcancel/"):
         text = text.replace(f"Uri: {folder}", f"Uri: {TEMPLATE.parent / folder}")
     path = tmp_path / "template.yaml"
     path.write_text(text)

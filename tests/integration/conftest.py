@@ -138,3 +138,109 @@ def worker_logs(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     for handler in logging.getLogger("callcancel").handlers:
         monkeypatch.setattr(handler, "stream", buffer)
     return buffer
+
+
+PURGE_PLAN_PARAMETER = "/callcancel/purge-plan"
+
+
+@pytest.fixture(scope="session")
+def purge_handler() -> Handler:
+    return load_handler(REPO / "functions" / "nightly_purge", "app.lambda_handler")
+
+
+@dataclass
+class PurgeStack:
+    """The worker stack plus what the nightly purge needs: the deferred table and the SSM purge plan."""
+
+    worker: WorkerStack
+    handler: Handler
+    dynamodb: Any = field(default_factory=lambda: boto3.client("dynamodb"))
+    ssm: Any = field(default_factory=lambda: boto3.client("ssm"))
+    table: str = "deferred"
+
+    def __post_init__(self) -> None:
+        self.dynamodb.create_table(
+            TableName=self.table,
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        self.set_plan({"targets": []})
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "DEFERRED_TABLE": self.table,
+            "PURGE_PLAN_PARAMETER": PURGE_PLAN_PARAMETER,
+            "PLAN_MAX_AGE_SECONDS": "0",
+        }
+
+    def set_plan(self, plan: dict[str, Any] | str) -> None:
+        text = plan if isinstance(plan, str) else json.dumps(plan)
+        self.ssm.put_parameter(Name=PURGE_PLAN_PARAMETER, Value=text, Type="String", Overwrite=True)
+        parameters.clear_caches()
+
+    def run(self, event: dict[str, Any] | None = None) -> Any:
+        event = {"time": "2026-11-23T20:30:00Z"} if event is None else event
+        return self.handler(event, LocalLambdaContext(function_name="NightlyPurge", timeout_seconds=300))
+
+    def defer(self, items: list[dict[str, str]]) -> None:
+        """Store deferred requests directly, as the worker would: {id, body, deferred_at}."""
+        for start in range(0, len(items), 25):
+            self.dynamodb.batch_write_item(
+                RequestItems={
+                    self.table: [
+                        {"PutRequest": {"Item": {k: {"S": v} for k, v in item.items()}}}
+                        for item in items[start : start + 25]
+                    ]
+                }
+            )
+
+    def deferred_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.table):
+            ids |= {item["id"]["S"] for item in page["Items"]}
+        return ids
+
+    def queued(self) -> list[dict[str, Any]]:
+        return [json.loads(m["body"]) for m in peek(self.worker.sqs, self.worker.queue_url, limit=2000)]
+
+
+@pytest.fixture
+def purge(stack: WorkerStack, purge_handler: Handler, monkeypatch: pytest.MonkeyPatch) -> PurgeStack:
+    purge = PurgeStack(stack, purge_handler)
+    for name, value in purge.environment().items():
+        monkeypatch.setenv(name, value)
+    return purge
+
+
+@pytest.fixture
+def aws_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The operation names of every AWS call made from now on (a spy: the real call still goes to moto)."""
+    calls: list[str] = []
+    make_api_call = BaseClient._make_api_call
+
+    def spy(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        calls.append(operation)
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", spy)
+    return calls
+
+
+@pytest.fixture
+def sqs_sink(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """SendMessageBatch calls answered here with success, their bodies recorded (one list per call).
+
+    For volume tests only: moto's SendMessageBatch slows down linearly with the queue's depth.
+    """
+    batches: list[list[str]] = []
+    make_api_call = BaseClient._make_api_call
+
+    def sink(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation != "SendMessageBatch":
+            return make_api_call(client, operation, params)
+        batches.append([entry["MessageBody"] for entry in params["Entries"]])
+        return {"Successful": [{"Id": entry["Id"]} for entry in params["Entries"]], "Failed": []}
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", sink)
+    return batches

@@ -25,6 +25,7 @@ CONTRACT_ENV = {
     "CANCEL_QUEUE_URL",
     "DEAD_LETTER_QUEUE_URL",
     "IDEMPOTENCY_TABLE",
+    "DEFERRED_TABLE",
     "SECRET_PREFIX",
     "MAX_ATTEMPTS",
     "RETRY_BASE_SECONDS",
@@ -170,6 +171,7 @@ def test_worker_environment_is_exactly_the_contract(resources: dict[str, Any]) -
     assert env["CANCEL_QUEUE_URL"] == {"Ref": "CancelQueue"}
     assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "DeadLetterQueue"}
     assert env["IDEMPOTENCY_TABLE"] == {"Ref": "IdempotencyTable"}
+    assert env["DEFERRED_TABLE"] == {"Ref": "DeferredTable"}
 
 
 def test_worker_uses_the_layer_and_no_function_dead_letter_queue(resources: dict[str, Any]) -> None:
@@ -231,7 +233,8 @@ def test_worker_logs_only_to_its_own_log_group(
         ("sqs:ChangeMessageVisibility", arn_of("CancelQueue")),
         ("sqs:ReceiveMessage", arn_of("CancelQueue")),
         ("sqs:DeleteMessage", arn_of("CancelQueue")),
-        ("dynamodb:", arn_of("IdempotencyTable")),
+        ("dynamodb:GetItem", arn_of("IdempotencyTable")),
+        ("dynamodb:UpdateItem", arn_of("IdempotencyTable")),
     ],
 )
 def test_worker_action_is_granted_only_on_its_resource(
@@ -242,6 +245,103 @@ def test_worker_action_is_granted_only_on_its_resource(
     assert granting, action
     for statement in granting:
         assert as_list(statement["Resource"]) == [resource], statement
+
+
+def test_worker_may_only_put_into_the_deferred_table(worker_statements: list[dict[str, Any]]) -> None:
+    on_deferred = [s for s in worker_statements if arn_of("DeferredTable") in as_list(s["Resource"])]
+
+    assert [as_list(s["Action"]) for s in on_deferred] == [["dynamodb:PutItem"]]
+    for statement in statements_with(worker_statements, "dynamodb:"):
+        assert as_list(statement["Resource"]) in ([arn_of("IdempotencyTable")], [arn_of("DeferredTable")])
+
+
+# ---- the nightly purge --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def purge_statements(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    role = props(resources, "NightlyPurgeRole")
+    return [statement for policy in role["Policies"] for statement in policy["PolicyDocument"]["Statement"]]
+
+
+def granted(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(action, resource) pairs, each resource rendered as a string for comparison."""
+    return {
+        (action, str(resource))
+        for s in statements
+        if s["Effect"] == "Allow"
+        for action in as_list(s["Action"])
+        for resource in as_list(s["Resource"])
+    }
+
+
+def test_purge_runs_on_a_scheduler_schedule_in_the_parameters_time_zone(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    (event,) = props(resources, "NightlyPurge")["Events"].values()
+    schedule = event["Properties"]
+
+    assert event["Type"] == "ScheduleV2"
+    assert schedule["ScheduleExpression"] == {"Ref": "PurgeSchedule"}
+    assert schedule["ScheduleExpressionTimezone"] == {"Ref": "PurgeTimezone"}
+    assert template["Parameters"]["PurgeSchedule"]["Default"] == "cron(0 2 * * ? *)"
+    assert template["Parameters"]["PurgeTimezone"]["Default"] == "Asia/Kolkata"
+    assert schedule["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    assert schedule["RetryPolicy"]["MaximumEventAgeInSeconds"] >= 60
+    assert schedule["DeadLetterConfig"] == {"Arn": arn_of("PurgeFailures")}
+    assert schedule["Name"] == {"Fn::Sub": "${AWS::StackName}-nightly-purge"}
+
+
+def test_failed_purge_runs_are_retried_then_land_on_purge_failures(resources: dict[str, Any]) -> None:
+    invoke = props(resources, "NightlyPurge")["EventInvokeConfig"]
+    failures = props(resources, "PurgeFailures")
+
+    assert invoke["MaximumRetryAttempts"] in (1, 2)
+    assert invoke["DestinationConfig"]["OnFailure"] == {"Type": "SQS", "Destination": arn_of("PurgeFailures")}
+    assert failures["SqsManagedSseEnabled"] is True
+    assert failures["MessageRetentionPeriod"] == FOURTEEN_DAYS
+    policy = props(resources, "QueuesPolicy")
+    assert {"Ref": "PurgeFailures"} in policy["Queues"]
+    assert arn_of("PurgeFailures") in policy["PolicyDocument"]["Statement"][0]["Resource"]
+
+
+def test_purge_environment_names_the_plan_queue_and_table(resources: dict[str, Any]) -> None:
+    purge = props(resources, "NightlyPurge")
+
+    assert purge["Environment"]["Variables"] == {
+        "PURGE_PLAN_PARAMETER": {"Ref": "PurgePlan"},
+        "CANCEL_QUEUE_URL": {"Ref": "CancelQueue"},
+        "DEFERRED_TABLE": {"Ref": "DeferredTable"},
+    }
+    assert purge["Layers"] == [{"Ref": "CallcancelLayer"}]
+    assert props(resources, "PurgePlan")["Value"] == '{"targets": []}'
+    assert props(resources, "PurgePlan")["Name"] == {"Fn::Sub": "/${AWS::StackName}/purge-plan"}
+
+
+def test_purge_role_is_its_own_and_least_privilege(
+    resources: dict[str, Any], purge_statements: list[dict[str, Any]]
+) -> None:
+    role = props(resources, "NightlyPurgeRole")
+    (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+    plan_arn = str(
+        {"Fn::Sub": "arn:${AWS::Partition}:ssm:${AWS::Region}:${AWS::AccountId}:parameter/${AWS::StackName}/purge-plan"}
+    )
+
+    assert props(resources, "NightlyPurge")["Role"] == arn_of("NightlyPurgeRole")
+    assert "ManagedPolicyArns" not in role
+    assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+    assert props(resources, "NightlyPurge")["LoggingConfig"]["LogGroup"] == {"Ref": "NightlyPurgeLogGroup"}
+    assert granted(purge_statements) == {
+        ("logs:CreateLogStream", str(arn_of("NightlyPurgeLogGroup"))),
+        ("logs:PutLogEvents", str(arn_of("NightlyPurgeLogGroup"))),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("ssm:GetParameter", plan_arn),
+        ("sqs:SendMessage", str(arn_of("CancelQueue"))),
+        ("sqs:SendMessage", str(arn_of("PurgeFailures"))),
+        ("dynamodb:Scan", str(arn_of("DeferredTable"))),
+        ("dynamodb:DeleteItem", str(arn_of("DeferredTable"))),
+    }
 
 
 # ---- outputs and samconfig ----------------------------------------------------------------------
@@ -256,6 +356,10 @@ def test_worker_action_is_granted_only_on_its_resource(
         "DeadLetterQueueArn",
         "IdempotencyTableName",
         "CancelWorkerName",
+        "PurgeFailuresUrl",
+        "DeferredTableName",
+        "PurgePlanParameter",
+        "NightlyPurgeName",
     ],
 )
 def test_output_is_present_and_described(template: dict[str, Any], output: str) -> None:
@@ -311,3 +415,4 @@ def test_sam_build_ships_the_package_and_arm64_dependencies(sam_run: SamRun) -> 
     assert (layer / "callcancel" / "__init__.py").is_file()
     assert [so.name for so in (layer / "pydantic_core").glob("*.so") if "aarch64" in so.name]
     assert (sam_run.build_dir / "CancelWorker" / "app.py").is_file()
+    assert (sam_run.build_dir / "NightlyPurge" / "app.py").is_file()

@@ -77,3 +77,11 @@ class TransientFailure(Exception):
             http_status=self.http_status,
             provider_message=self.provider_message,
         )
+
+
+class InvalidPurgePlan(Exception):
+    """The purge plan cannot be carried out as a whole: nothing of it is enqueued."""
+
+
+class PurgeError(Exception):
+    """The purge could not enqueue what it had to (SQS refused after retries); the run fails loudly."""

@@ -11,9 +11,10 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    field_validator,
 )
 
-from callcancel.errors import ConfigError, InvalidRequest
+from callcancel.errors import ConfigError, InvalidPurgePlan, InvalidRequest
 
 
 def _int_as_str(value: Any) -> Any:
@@ -91,6 +92,60 @@ def parse_cancel_request(body: str | bytes) -> RyngCancel | PlumCancel:
         return _cancel_request.validate_json(body, strict=True)
     except ValidationError as exc:
         raise InvalidRequest(f"invalid cancel request: {describe(exc, strip_tag=True)}") from None
+
+
+class _PurgeTarget(_Cancel):
+    """A cancel request as the purge plan names it: the purge sets `request_id` and carries it out now."""
+
+    @field_validator("when", "request_id", mode="before")
+    @classmethod
+    def _set_by_the_purge(cls, value: Any) -> Any:
+        raise ValueError("not allowed in a purge target (the purge sets it)")
+
+
+class RyngPurgeTarget(RyngCancel, _PurgeTarget):
+    pass
+
+
+class PlumPurgeTarget(PlumCancel, _PurgeTarget):
+    pass
+
+
+PurgeTarget = Annotated[RyngPurgeTarget | PlumPurgeTarget, Field(discriminator="provider")]
+
+
+class PurgePlan(BaseModel):
+    """The SSM purge plan: `{"targets": [<cancel request without when and request_id>, ...]}`."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    targets: list[PurgeTarget]
+
+
+def _describe_plan(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors(include_input=False, include_url=False):
+        loc = list(item["loc"])
+        where = "plan"
+        if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
+            where = f"target {loc[1]}"
+            loc = loc[3:] if len(loc) > 2 and loc[2] in ("ryng", "plum") else loc[2:]
+        field = ".".join(str(p) for p in loc) or "body"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            field, message = "provider", "must be 'ryng' or 'plum'"
+        elif item["type"] == "extra_forbidden":
+            message = "unknown field"
+        parts.append(f"{where}: {field}: {message}")
+    return "; ".join(parts)
+
+
+def parse_purge_plan(value: Any) -> PurgePlan:
+    """Validate the whole plan (already JSON-decoded); raise `InvalidPurgePlan` naming each bad target and field."""
+    try:
+        return PurgePlan.model_validate(value, strict=True)
+    except ValidationError as exc:
+        raise InvalidPurgePlan(f"invalid purge plan: {_describe_plan(exc)}") from None
 
 
 class Credentials(BaseModel):

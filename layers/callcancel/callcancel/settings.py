@@ -1,15 +1,29 @@
-"""The worker's environment (DESIGN.md contracts), typed and validated in one place."""
+"""The functions' environments (DESIGN.md contracts), typed and validated in one place."""
 
 import os
 from collections.abc import Mapping
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from callcancel.models import describe
 
 
-class Settings(BaseModel):
+class _EnvSettings(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
+        """Read the contract's variables; empty values count as unset. Errors name the variable."""
+        values = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise RuntimeError(f"invalid callcancel configuration: {describe(exc).upper()}") from None
+
+
+class Settings(_EnvSettings):
+    """The CancelWorker's environment."""
 
     dead_letter_queue_url: str = Field(min_length=1)
     cancel_queue_url: str | None = None
@@ -25,16 +39,16 @@ class Settings(BaseModel):
     provider_connect_timeout_seconds: float = Field(3.05, gt=0)
     max_in_flight: int = Field(10, ge=1, le=100)
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
-        """Read the contract's variables; empty values count as unset. Errors name the variable."""
-        values = {name: environ[name.upper()] for name in cls.model_fields if environ.get(name.upper())}
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise RuntimeError(f"invalid callcancel configuration: {describe(exc).upper()}") from None
-
     @property
     def attempt_budget_seconds(self) -> float:
         """Time one record may need: a provider call, plus its retry after an auth refresh, plus AWS calls."""
         return 2 * (self.provider_connect_timeout_seconds + self.provider_timeout_seconds) + 2
+
+
+class PurgeSettings(_EnvSettings):
+    """The NightlyPurge's environment: where the plan is, where requests go, where deferred ones wait."""
+
+    purge_plan_parameter: str = Field(min_length=1)
+    cancel_queue_url: str = Field(min_length=1)
+    deferred_table: str | None = None
+    plan_max_age_seconds: int = Field(60, ge=0)

@@ -3,6 +3,7 @@
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -20,12 +21,14 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from aws_lambda_powertools.utilities.idempotency.persistence.datarecord import DataRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from callcancel.backoff import backoff_seconds
 from callcancel.canceller import Canceller
 from callcancel.credentials import SecretStore
 from callcancel.dead_letter import DeadLetter
+from callcancel.deferred import DeferredItem, DeferredStore, iso_utc
 from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, TransientFailure
 from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
 from callcancel.observability import count_outcome, count_records, logger
@@ -53,8 +56,16 @@ def _mark_replayed(response: Any, idempotent_data: DataRecord) -> Any:
 
 
 class CancelWorker:
-    def __init__(self, settings: Settings, canceller: Canceller, queues: WorkerQueues, idempotency_table: str | None):
+    def __init__(
+        self,
+        settings: Settings,
+        canceller: Canceller,
+        queues: WorkerQueues,
+        idempotency_table: str | None,
+        deferred: DeferredStore | None = None,
+    ):
         self._settings = settings
+        self._deferred = deferred
         self._canceller = canceller
         self._queues = queues
         self._executor = ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="cancel")
@@ -120,7 +131,7 @@ class CancelWorker:
 
     def _carry_out(self, record: SQSRecord, request: RyngCancel | PlumCancel, attempt: int) -> str:
         try:
-            outcome = self._cancel_or_defer(request, key=request.request_id or record.message_id)
+            outcome = self._cancel_or_defer(request, key=request.request_id or record.message_id, body=record.body)
         except CancelFailure as failure:
             return self._dead_letter(record, failure, attempt, provider=request.provider)
         except TransientFailure as failure:
@@ -140,10 +151,10 @@ class CancelWorker:
         logger.info(outcome)
         return outcome
 
-    def _cancel_or_defer(self, request: RyngCancel | PlumCancel, key: str) -> str:
-        """The outcome: cancelled, or duplicate when an earlier delivery already cancelled it."""
+    def _cancel_or_defer(self, request: RyngCancel | PlumCancel, key: str, body: str) -> str:
+        """The outcome: cancelled, duplicate when an earlier delivery already cancelled it, or deferred."""
         if request.when == "nightly":
-            raise ConfigError("when=nightly needs a deferred-cancel store (DEFERRED_TABLE), which is not configured")
+            return self._defer(key, body)
         try:
             result = self._cancel_once(job=CancelJob(key=key, request=request))
         except IdempotencyValidationError:
@@ -159,6 +170,16 @@ class CancelWorker:
             logger.exception("unexpected error")
             raise TransientFailure(f"unexpected error: {type(exc).__name__}") from None
         return "duplicate" if result.get("replayed") else "cancelled"
+
+    def _defer(self, key: str, body: str) -> str:
+        """Hold the request, as sent, for the nightly purge; no provider call now."""
+        if self._deferred is None:
+            raise ConfigError("when=nightly needs a deferred-cancel store (DEFERRED_TABLE), which is not configured")
+        try:
+            self._deferred.put(DeferredItem(id=key, body=body, deferred_at=iso_utc(datetime.now(UTC))))
+        except (BotoCoreError, ClientError) as exc:
+            raise TransientFailure(f"deferred-cancel store unavailable: {exc}") from None
+        return "deferred"
 
     def _cancel(self, *, job: CancelJob) -> dict[str, Any]:
         self._canceller.cancel(job.request)
@@ -187,4 +208,5 @@ def worker_for(settings: Settings) -> CancelWorker:
     clients = {name: client(session, base_urls[name], timeout) for name, client in PROVIDERS.items()}
     canceller = Canceller(clients, SecretStore(max_age=300), settings.secret_prefix)
     queues = WorkerQueues(boto3.client("sqs"), settings.dead_letter_queue_url, settings.cancel_queue_url)
-    return CancelWorker(settings, canceller, queues, settings.idempotency_table)
+    deferred = DeferredStore(boto3.client("dynamodb"), settings.deferred_table) if settings.deferred_table else None
+    return CancelWorker(settings, canceller, queues, settings.idempotency_table, deferred)

@@ -1,0 +1,205 @@
+"""The nightly purge handler on moto server: plan and deferred requests onto CancelQueue, then the worker."""
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from botocore.client import BaseClient
+
+from callcancel.deferred import iso_utc
+from callcancel.errors import InvalidPurgePlan, PurgeError
+from callcancel_local.simulator import ProviderSimulator
+from tests.integration.conftest import PLUM_EMAIL, PurgeStack, WorkerStack
+
+pytestmark = pytest.mark.integration
+
+RYNG = {"provider": "ryng", "account": "acme"}
+PLUM = {"provider": "plum", "account": "acme", "application_id": "app1", "deployment_id": "dep1"}
+LONG_AGO = "2026-01-01T00:00:00.000000Z"
+
+
+def deferred_item(item_id: str, body: dict[str, object], deferred_at: str = LONG_AGO) -> dict[str, str]:
+    return {"id": item_id, "body": json.dumps(body), "deferred_at": deferred_at}
+
+
+def test_plan_and_deferred_requests_fan_out_counted_per_provider(purge: PurgeStack) -> None:
+    # Given a plan of two Ryng calls and a Plum deployment, and one deferred Plum request
+    purge.set_plan({"targets": [{**RYNG, "call_id": "c-1"}, {**RYNG, "call_id": 2}, PLUM]})
+    purge.defer([deferred_item("d-1", {**PLUM, "deployment_id": "dep2", "when": "nightly"})])
+
+    # When the purge runs
+    result = purge.run()
+
+    # Then four requests are on CancelQueue, counted per provider, each for now: the plan's with a purge
+    # request_id of that night, the deferred one keyed by its deferral (the same on any night)
+    assert result["enqueued"] == {"ryng": 2, "plum": 2}
+    assert result["total"] == 4
+    queued = purge.queued()
+    assert len(queued) == 4
+    assert sorted(body["request_id"][:17] for body in queued) == ["d-1", *["purge-2026-11-23-"] * 3]
+    assert all(body.get("when", "now") == "now" for body in queued)
+    assert sorted(body.get("call_id", body.get("deployment_id")) for body in queued) == ["2", "c-1", "dep1", "dep2"]
+    # and the deferred request is gone from the table
+    assert purge.deferred_ids() == set()
+
+
+def test_deferred_request_keeps_its_own_request_id(purge: PurgeStack) -> None:
+    purge.defer([deferred_item("mine-1", {**RYNG, "call_id": "c-9", "request_id": "mine-1", "when": "nightly"})])
+
+    purge.run()
+
+    [body] = purge.queued()
+    assert body == {**RYNG, "call_id": "c-9", "request_id": "mine-1", "when": "now"}
+
+
+def test_thousands_of_deferred_requests_are_paged_batched_and_deleted(
+    purge: PurgeStack, aws_calls: list[str], sqs_sink: list[list[str]]
+) -> None:
+    # Given 1,200 deferred requests (more than a scan page)
+    purge.defer([deferred_item(f"r-{n}", {**RYNG, "call_id": f"c-{n}", "when": "nightly"}) for n in range(1200)])
+    aws_calls.clear()
+
+    # When the purge runs
+    result = purge.run()
+
+    # Then every one is enqueued once, 10 per SendMessageBatch, over several scan pages, and deleted
+    assert result["enqueued"] == {"ryng": 1200}
+    assert result["deferred_enqueued"] == 1200
+    assert [len(batch) for batch in sqs_sink] == [10] * 120
+    call_ids = {json.loads(body)["call_id"] for batch in sqs_sink for body in batch}
+    assert call_ids == {f"c-{n}" for n in range(1200)}
+    assert aws_calls.count("Scan") >= 3
+    assert aws_calls.count("DeleteItem") == 1200
+    assert purge.deferred_ids() == set()
+
+
+def test_entries_sqs_refuses_are_retried_and_then_fail_the_run(
+    purge: PurgeStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given SQS that keeps refusing one entry of every batch
+    make_api_call = BaseClient._make_api_call
+    sent: list[int] = []
+
+    def refuse_one(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation != "SendMessageBatch":
+            return make_api_call(client, operation, params)
+        sent.append(len(params["Entries"]))
+        first, *rest = params["Entries"]
+        failed = [{"Id": first["Id"], "SenderFault": False, "Code": "InternalError"}]
+        return {"Successful": [{"Id": entry["Id"]} for entry in rest], "Failed": failed}
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", refuse_one)
+    purge.defer([deferred_item(f"r-{n}", {**RYNG, "call_id": f"c-{n}", "when": "nightly"}) for n in range(3)])
+
+    # When the purge runs, it fails loudly after retrying the refused entry
+    with pytest.raises(PurgeError, match="InternalError"):
+        purge.run()
+
+    # Then the refused entry was retried, and no deferred request was deleted
+    assert sent == [3, 1, 1]
+    assert purge.deferred_ids() == {"r-0", "r-1", "r-2"}
+
+
+def test_a_rerun_of_the_same_night_cancels_each_target_once(
+    purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator
+) -> None:
+    # Given pending calls, a plan naming them, and a request the worker deferred to tonight
+    simulator.add_ryng_calls("acme", "c-1", "c-2", "c-3")
+    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1", pending=2)
+    purge.set_plan({"targets": [{**RYNG, "call_id": "c-1"}, {**RYNG, "call_id": "c-2"}, PLUM]})
+    stack.send({**RYNG, "call_id": "c-3", "when": "nightly"})
+    stack.run_until_empty()
+    assert simulator.calls() == []
+
+    # When the purge of the same night runs twice (a retried invocation), and the worker drains the queue
+    first = purge.run()
+    second = purge.run()
+    results = stack.run_until_empty()
+
+    # Then each target was cancelled exactly once; the repeats were duplicates, nothing dead-lettered
+    assert first["total"] == 4
+    assert second["total"] == 3
+    assert sorted(simulator.cancelled("ryng")) == ["c-1", "c-2", "c-3"]
+    assert simulator.cancelled("plum") == ["app1/dep1"]
+    assert len(simulator.calls()) == 4
+    assert sum(len(r.deleted) for r in results) == 7
+    assert stack.dead_letters() == []
+    assert stack.queue_depth() == 0
+
+
+def test_a_request_deferred_after_the_purge_started_waits_for_the_next_night(purge: PurgeStack) -> None:
+    later = iso_utc(datetime.now(UTC) + timedelta(hours=1))
+    purge.defer(
+        [
+            deferred_item("before", {**RYNG, "call_id": "c-1", "when": "nightly"}),
+            deferred_item("after", {**RYNG, "call_id": "c-2", "when": "nightly"}, deferred_at=later),
+        ]
+    )
+
+    result = purge.run()
+
+    assert result["enqueued"] == {"ryng": 1}
+    assert [body["call_id"] for body in purge.queued()] == ["c-1"]
+    assert purge.deferred_ids() == {"after"}
+
+
+@pytest.mark.parametrize(
+    ("plan", "message"),
+    [
+        ({"targets": [{**RYNG, "call_id": "c-1"}, {**RYNG, "call_id": "c-2", "when": "now"}]}, "target 1: when"),
+        ({"targets": [{**RYNG, "call_id": "c-1"}, {**PLUM, "colour": "red"}]}, "target 1: colour: unknown field"),
+        ('{"targets": [', "is not JSON"),
+    ],
+    ids=["when in a target", "unknown field", "not JSON"],
+)
+def test_an_invalid_plan_fails_the_run_and_sends_nothing(purge: PurgeStack, plan: object, message: str) -> None:
+    # Given a plan whose first target is fine but a later one is not, and a deferred request
+    purge.set_plan(plan)  # type: ignore[arg-type]
+    purge.defer([deferred_item("d-1", {**RYNG, "call_id": "c-9", "when": "nightly"})])
+
+    # When the purge runs, it fails loudly
+    with pytest.raises(InvalidPurgePlan, match="invalid purge plan") as raised:
+        purge.run()
+
+    # Then the error names the bad target and field, and nothing was enqueued or deleted
+    assert message in str(raised.value)
+    assert purge.worker.queue_depth() == 0
+    assert purge.deferred_ids() == {"d-1"}
+
+
+def test_worker_stores_a_nightly_request_instead_of_calling_the_provider(
+    purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, worker_logs: io.StringIO
+) -> None:
+    # Given a pending call and a request to cancel it tonight
+    simulator.add_ryng_calls("acme", "c-1")
+    body = json.dumps({**RYNG, "call_id": "c-1", "when": "nightly"})
+    message_id = stack.send(body)
+
+    # When the worker runs
+    result = stack.run_batch()
+
+    # Then the request is stored as sent, the message is acked, and the provider saw nothing
+    assert result.response == {"batchItemFailures": []}
+    assert simulator.calls() == []
+    assert stack.queue_depth() == 0
+    assert stack.dead_letters() == []
+    [item] = purge.dynamodb.scan(TableName=purge.table)["Items"]
+    assert item["id"]["S"] == message_id
+    assert item["body"]["S"] == body
+    assert datetime.fromisoformat(item["deferred_at"]["S"]) <= datetime.now(UTC)
+    logs = [json.loads(line) for line in worker_logs.getvalue().splitlines()]
+    assert [log["message"] for log in logs if log.get("correlation_id")] == ["deferred"]
+
+
+def test_without_a_deferred_table_a_nightly_request_is_dead_lettered(
+    stack: WorkerStack, simulator: ProviderSimulator
+) -> None:
+    stack.send({**RYNG, "call_id": "c-1", "when": "nightly"})
+
+    stack.run_batch()
+
+    [letter] = stack.dead_letters()
+    assert letter["failure_class"] == "config"
+    assert simulator.calls() == []
