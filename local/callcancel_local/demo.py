@@ -25,7 +25,19 @@ from callcancel_local.stack import DeployedStack, DeployError, deploy
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
 # Fast retries so that the demo finishes in seconds; production keeps 30 s / 900 s and 5 attempts.
 DEMO_PARAMETERS = {"RetryBaseSeconds": "1", "RetryMaxSeconds": "2", "MaxAttempts": "3", "LogLevel": "WARNING"}
-OUTCOME_CLASSES = ("cancelled", "duplicate", "invalid", "config", "not_found", "auth", "rejected", "exhausted")
+OUTCOME_CLASSES = (
+    "cancelled",
+    "duplicate",
+    "deferred",
+    "invalid",
+    "config",
+    "not_found",
+    "auth",
+    "rejected",
+    "exhausted",
+)
+DEAD_LETTER_CLASSES = OUTCOME_CLASSES[3:]
+PURGE_PLAN = {"targets": [{"provider": "plum", "account": "acme", "application_id": "7001", "deployment_id": "3"}]}
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,8 @@ def seed(simulator: ProviderSimulator, accounts: DemoAccounts = DemoAccounts()) 
 
 def scenario(simulator: ProviderSimulator) -> list[str]:
     """The demo's cancel requests, with the provider behaviour each one meets."""
-    simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001")
+    simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001", "n-1", "n-2")
+    simulator.add_plum_deployment("ops@acme.example", "7001", "3", pending=30)  # in the nightly purge plan
     simulator.add_ryng_calls("globex", "g-1")
     simulator.add_plum_deployment("ops@acme.example", "7001", "1", pending=12)
     simulator.add_plum_deployment("ops@acme.example", "7001", "2", pending=4)
@@ -72,6 +85,8 @@ def scenario(simulator: ProviderSimulator) -> list[str]:
         {"provider": "ryng", "account": "acme", "call_id": "../../admin"},  # invalid
         '{"provider": "plum", "account": "acme"',  # not even JSON
         {"provider": "ryng", "account": "acme", "call_id": "r-2001"},  # an outage that does not recover
+        {"provider": "ryng", "account": "acme", "call_id": "n-1", "when": "nightly"},  # held for the purge
+        {"provider": "ryng", "account": "acme", "call_id": "n-2", "when": "nightly"},
     ]
     return [body if isinstance(body, str) else json.dumps(body) for body in requests]
 
@@ -89,6 +104,7 @@ def _target(body: str) -> str:
 @dataclass
 class DemoReport:
     published: int
+    purged: int  # requests the nightly purge put on the queue (its PurgeEnqueued metric)
     outcomes: dict[str, int]  # from the worker's own Outcome metrics, as CloudWatch would sum them
     retries: int
     dead_letters: list[dict[str, Any]]
@@ -96,7 +112,8 @@ class DemoReport:
 
     @property
     def unaccounted(self) -> int:
-        return self.published - sum(self.outcomes.values())
+        # Each published or purged request ends in one outcome; a deferred one ends again once purged.
+        return self.published + self.purged - sum(self.outcomes.values())
 
 
 def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
@@ -111,7 +128,12 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     bodies = scenario(simulator)
     for body in bodies:
         sqs.send_message(QueueUrl=stack.outputs["CancelQueueUrl"], MessageBody=body)
+    boto3.client("ssm").put_parameter(
+        Name=stack.outputs["PurgePlanParameter"], Value=json.dumps(PURGE_PLAN), Type="String", Overwrite=True
+    )
     runner.run_until_drained(timeout=90)
+    runner.fire_schedule("NightlyPurge")  # as EventBridge Scheduler would at 02:00
+    runner.run_until_drained(timeout=60)
 
     # Imported late: the worker's logger must be created by the runner, with the function's own stdout.
     from callcancel.queues import peek  # noqa: PLC0415
@@ -119,6 +141,7 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     worker = runner.output["CancelWorker"]
     return stack, DemoReport(
         published=len(bodies),
+        purged=int(runner.output["NightlyPurge"].total("PurgeEnqueued")),
         outcomes={name: int(worker.total("Outcome", outcome=name)) for name in OUTCOME_CLASSES},
         retries=int(worker.total("Outcome", outcome="retry")),
         dead_letters=peek(sqs, stack.outputs["DeadLetterQueueUrl"]),
@@ -127,7 +150,10 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
 
 
 def print_summary(report: DemoReport) -> None:
-    print(f"\nOutcomes ({report.published} published, {report.retries} retries on the way):")
+    print(
+        f"\nOutcomes ({report.published} published, {report.purged} enqueued by the nightly purge,"
+        f" {report.retries} retries on the way):"
+    )
     for name, count in report.outcomes.items():
         if count:
             print(f"  {name:<10} {count}")

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -120,6 +121,11 @@ class EventSourceRunner:
         handler = self.handler(name)
         with _as_deployed(function, self.output[name]):
             return handler(event, LocalLambdaContext(function_name=function.name, timeout_seconds=function.timeout))
+
+    def fire_schedule(self, name: str, at: datetime | None = None) -> Any:
+        """Fire a scheduled function now, with the payload its schedule's Input gives: the scheduled time."""
+        scheduled = (at or datetime.now(UTC)).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return self.invoke(name, {"time": scheduled})
 
     def poll_once(self) -> int:
         """One receive per SQS mapping, each batch handed to its function. Returns the records delivered."""

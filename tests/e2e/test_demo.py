@@ -21,11 +21,14 @@ def report(embedded_aws: EmbeddedAws, simulator_server: ProviderSimulator) -> De
 
 
 def test_every_message_ends_cancelled_or_dead_lettered(report: DemoReport) -> None:
-    assert report.published == 13
+    assert report.published == 15
+    assert report.purged == 3  # the two deferred Ryng calls and the plan's Plum deployment
     assert report.unaccounted == 0
     assert report.outcomes == {
-        "cancelled": 5,  # 3 Ryng (one by integer id), 2 Plum (one after an outage that recovered)
+        # 3 Ryng (one by integer id), 2 Plum (one after an outage that recovered), and the 3 the purge enqueued
+        "cancelled": 8,
         "duplicate": 1,  # the producer's retry of crm-77:cancel
+        "deferred": 2,  # held for the night, then cancelled by the purge
         "invalid": 2,
         "config": 1,
         "not_found": 2,
@@ -49,6 +52,15 @@ def test_the_dead_letter_queue_holds_each_failure_with_its_reason(report: DemoRe
 
 def test_provider_calls_match_the_scenario(report: DemoReport) -> None:
     assert report.provider_calls[("plum", 503)] == 2  # the outage that recovered
-    assert report.provider_calls[("plum", 202)] == 2
-    assert report.provider_calls[("ryng", 200)] == 3  # the duplicate made no second call
+    assert report.provider_calls[("plum", 202)] == 3  # 7001/1, 7001/2, and 7001/3 from the purge plan
+    assert report.provider_calls[("ryng", 200)] == 5  # r-1001, r-1002 once (the duplicate made no call), 1003, n-1, n-2
     assert report.provider_calls[("ryng", 403)] == 2  # denied, secret re-read, denied again
+
+
+def test_the_nightly_purge_cancelled_the_deferred_calls_without_calling_providers_itself(
+    report: DemoReport, simulator_server: ProviderSimulator
+) -> None:
+    cancelled = simulator_server.cancelled("ryng")
+    assert {"n-1", "n-2"} <= set(cancelled)
+    assert cancelled.count("n-1") == cancelled.count("n-2") == 1
+    assert simulator_server.cancelled("plum").count("7001/3") == 1

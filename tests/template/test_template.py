@@ -4,6 +4,7 @@ The static checks read the template with cfn-lint's loader, so intrinsics parse 
 {"Fn::GetAtt": [...]}. The last two tests run `sam validate --lint` and `sam build` for real.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -290,6 +291,8 @@ def test_purge_runs_on_a_scheduler_schedule_in_the_parameters_time_zone(
     assert schedule["RetryPolicy"]["MaximumEventAgeInSeconds"] >= 60
     assert schedule["DeadLetterConfig"] == {"Arn": arn_of("PurgeFailures")}
     assert schedule["Name"] == {"Fn::Sub": "${AWS::StackName}-nightly-purge"}
+    # Retries of one firing carry its scheduled time, so they purge the same date (same request_ids).
+    assert json.loads(schedule["Input"]) == {"time": "<aws.scheduler.scheduled-time>"}
 
 
 def test_failed_purge_runs_are_retried_then_land_on_purge_failures(resources: dict[str, Any]) -> None:
