@@ -1,5 +1,6 @@
 """The cancel request (the SQS message body) and the provider credentials (the secret), per DESIGN.md."""
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -13,6 +14,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
+from pydantic_core import ErrorDetails
 
 from callcancel.errors import ConfigError, InvalidPurgePlan, InvalidRequest
 
@@ -71,19 +73,22 @@ CancelRequest = Annotated[RyngCancel | PlumCancel, Field(discriminator="provider
 _cancel_request = TypeAdapter[RyngCancel | PlumCancel](CancelRequest)
 
 
+def _field_message(item: ErrorDetails, loc: Sequence[str | int]) -> str:
+    field = ".".join(str(p) for p in loc) or "body"
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        field, message = "provider", "must be 'ryng' or 'plum'"
+    elif item["type"] == "extra_forbidden":
+        message = "unknown field"
+    return f"{field}: {message}"
+
+
 def describe(error: ValidationError, *, strip_tag: bool = False) -> str:
     """Name each bad field and say why, never echoing the input (it may hold a credential)."""
-    parts = []
-    for item in error.errors(include_input=False, include_url=False):
-        loc = item["loc"][1:] if strip_tag and len(item["loc"]) > 1 else item["loc"]
-        field = ".".join(str(p) for p in loc) or "body"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            field, message = "provider", "must be 'ryng' or 'plum'"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+    return "; ".join(
+        _field_message(item, item["loc"][1:] if strip_tag and len(item["loc"]) > 1 else item["loc"])
+        for item in error.errors(include_input=False, include_url=False)
+    )
 
 
 def parse_cancel_request(body: str | bytes) -> RyngCancel | PlumCancel:
@@ -130,13 +135,7 @@ def _describe_plan(error: ValidationError) -> str:
         if len(loc) >= 2 and loc[0] == "targets" and isinstance(loc[1], int):
             where = f"target {loc[1]}"
             loc = loc[3:] if len(loc) > 2 and loc[2] in ("ryng", "plum") else loc[2:]
-        field = ".".join(str(p) for p in loc) or "body"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
-            field, message = "provider", "must be 'ryng' or 'plum'"
-        elif item["type"] == "extra_forbidden":
-            message = "unknown field"
-        parts.append(f"{where}: {field}: {message}")
+        parts.append(f"{where}: {_field_message(item, loc)}")
     return "; ".join(parts)
 
 
