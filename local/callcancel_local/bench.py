@@ -18,7 +18,7 @@ from pathlib import Path
 import boto3
 from aws_lambda_powertools.utilities import parameters
 
-from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.sqs_source import SqsEventSource
@@ -68,12 +68,7 @@ def main() -> int:
                 "POWERTOOLS_LOG_LEVEL": "WARNING",
             }
         )
-        boto3.client("dynamodb").create_table(
-            TableName="bench-idempotency",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table_keyed_by_id("bench-idempotency")
         boto3.client("secretsmanager").create_secret(
             Name="callcancel/ryng/bench", SecretString=json.dumps({"subdomain": "bench", "access_token": "t"})
         )

@@ -4,6 +4,7 @@ import logging
 import socket
 from types import TracebackType
 
+import boto3
 import requests
 from moto.server import ThreadedMotoServer
 
@@ -57,3 +58,13 @@ class EmbeddedAws:
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+
+
+def create_table_keyed_by_id(name: str) -> None:
+    """An on-demand table with the string partition key `id`, like the stack's idempotency and deferred tables."""
+    boto3.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )

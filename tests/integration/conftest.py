@@ -13,7 +13,7 @@ from aws_lambda_powertools.utilities import parameters
 from botocore.client import BaseClient
 
 from callcancel.queues import peek
-from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.sqs_source import BatchResult, SqsEventSource
@@ -41,12 +41,7 @@ class WorkerStack:
     def __post_init__(self) -> None:
         self.dlq_url = self.sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
         self.queue_url = self.sqs.create_queue(QueueName="cancel-requests")["QueueUrl"]
-        boto3.client("dynamodb").create_table(
-            TableName="idempotency",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table_keyed_by_id("idempotency")
         self.source = SqsEventSource(self.sqs, self.queue_url)
 
     def environment(self) -> dict[str, str]:
@@ -159,12 +154,7 @@ class PurgeStack:
     table: str = "deferred"
 
     def __post_init__(self) -> None:
-        self.dynamodb.create_table(
-            TableName=self.table,
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        create_table_keyed_by_id(self.table)
         self.set_plan({"targets": []})
 
     def environment(self) -> dict[str, str]:

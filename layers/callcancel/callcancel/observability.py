@@ -14,11 +14,16 @@ tracer = Tracer(service=SERVICE)
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 
 
+def count(name: str, value: float = 1, **dimensions: str) -> None:
+    """A count with its own dimensions, flushed at once (Metrics holds one set of dimensions per flush)."""
+    with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
+        for dimension, dimension_value in dimensions.items():
+            metric.add_dimension(name=dimension, value=dimension_value)
+
+
 def count_outcome(provider: str, outcome: str) -> None:
     """One `Outcome` data point per record, by provider and outcome class (cancelled, auth, retry...)."""
-    with single_metric(name="Outcome", unit=MetricUnit.Count, value=1, namespace=NAMESPACE) as metric:
-        metric.add_dimension(name="provider", value=provider)
-        metric.add_dimension(name="outcome", value=outcome)
+    count("Outcome", provider=provider, outcome=outcome)
 
 
 def count_records(records: int) -> None:

@@ -16,14 +16,14 @@ from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 
 import boto3
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities import parameters
 from aws_lambda_powertools.utilities.parameters.exceptions import TransformParameterError
 
 from callcancel.deferred import DeferredItem, DeferredStore, iso_utc
 from callcancel.errors import InvalidPurgePlan, InvalidRequest, PurgeError
 from callcancel.models import PlumCancel, PurgePlan, RyngCancel, parse_cancel_request, parse_purge_plan
-from callcancel.observability import NAMESPACE, logger, metrics
+from callcancel.observability import count, logger, metrics
 from callcancel.settings import PurgeSettings
 
 if TYPE_CHECKING:
@@ -164,9 +164,8 @@ class NightlyPurge:
 
     @staticmethod
     def _report(result: PurgeResult, purge_date: date) -> None:
-        for provider, count in sorted(result.enqueued.items()):
-            with single_metric(name="PurgeEnqueued", unit=MetricUnit.Count, value=count, namespace=NAMESPACE) as metric:
-                metric.add_dimension(name="provider", value=provider)
+        for provider, enqueued in sorted(result.enqueued.items()):
+            count("PurgeEnqueued", enqueued, provider=provider)
         logger.info(
             "purge enqueued",
             extra={"purge_date": purge_date.isoformat(), **result.as_dict()},
