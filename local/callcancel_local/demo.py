@@ -12,6 +12,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from callcancel_local.runner import EventSourceRunner
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.stack import DeployedStack, DeployError, deploy
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "template.yaml"
+ALARM_EVENT = REPO / "events" / "eventbridge_dlq_alarm.json"
 # Fast retries so that the demo finishes in seconds; production keeps 30 s / 900 s and 5 attempts.
 DEMO_PARAMETERS = {"RetryBaseSeconds": "1", "RetryMaxSeconds": "2", "MaxAttempts": "3", "LogLevel": "WARNING"}
 OUTCOME_CLASSES = (
@@ -109,6 +112,7 @@ class DemoReport:
     retries: int
     dead_letters: list[dict[str, Any]]
     provider_calls: Counter[tuple[str, int]]
+    digest: dict[str, str]  # the DLQ alarm's digest as AlertTopic delivered it: Subject and Message
 
     @property
     def unaccounted(self) -> int:
@@ -134,6 +138,7 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     runner.run_until_drained(timeout=90)
     runner.fire_schedule("NightlyPurge")  # as EventBridge Scheduler would at 02:00
     runner.run_until_drained(timeout=60)
+    digest = alert_digest(stack, runner)
 
     # Imported late: the worker's logger must be created by the runner, with the function's own stdout.
     from callcancel.queues import peek  # noqa: PLC0415
@@ -146,7 +151,34 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
         retries=int(worker.total("Outcome", outcome="retry")),
         dead_letters=peek(sqs, stack.outputs["DeadLetterQueueUrl"]),
         provider_calls=Counter((call.provider, call.status) for call in simulator.calls()),
+        digest=digest,
     )
+
+
+def dead_letter_alarm_event(stack_name: str) -> dict[str, Any]:
+    """The event CloudWatch sends when the stack's DLQ alarm goes to ALARM (moto cannot create the alarm)."""
+    text = ALARM_EVENT.read_text().replace("callcancel-dev-dead-letters", f"{stack_name}-dead-letters")
+    event: dict[str, Any] = json.loads(text)
+    event["time"] = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    event["detail"]["state"]["timestamp"] = event["time"]
+    return event
+
+
+def alert_digest(stack: DeployedStack, runner: EventSourceRunner) -> dict[str, str]:
+    """Fire the DLQ alarm's state change through the deployed EventBridge rule; read what AlertTopic sent.
+
+    An SQS queue subscribed to the topic stands in for the operator's email.
+    """
+    sqs, sns = boto3.client("sqs"), boto3.client("sns")
+    inbox = sqs.create_queue(QueueName=f"{stack.name}-alert-inbox")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=stack.outputs["AlertTopicArn"], Protocol="sqs", Endpoint=inbox_arn)
+    delivered = runner.put_event(dead_letter_alarm_event(stack.name))
+    if not delivered.get("DlqDigest", {}).get("sent"):
+        raise RuntimeError(f"the DLQ alarm's event did not produce a digest: {delivered}")
+    [message] = sqs.receive_message(QueueUrl=inbox, WaitTimeSeconds=1).get("Messages", [])
+    notification: dict[str, str] = json.loads(message["Body"])
+    return {"Subject": notification["Subject"], "Message": notification["Message"]}
 
 
 def print_summary(report: DemoReport) -> None:
@@ -169,6 +201,9 @@ def print_summary(report: DemoReport) -> None:
         print(f"  {provider:<5} HTTP {status or 'dropped'}: {count}")
     lost = report.unaccounted
     print(f"\nEvery message accounted for: {'yes' if lost == 0 else f'NO, {lost} unaccounted'}")
+    print("\nThe DLQ alarm fired. AlertTopic sent this digest (DlqDigest, through the deployed EventBridge rule):")
+    print(f"\n  Subject: {report.digest['Subject']}\n")
+    print("\n".join(f"  | {line}" for line in report.digest["Message"].splitlines()))
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+from moto.events.models import EventPattern
 
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.sqs_source import BatchResult, SqsEventSource
@@ -121,6 +122,26 @@ class EventSourceRunner:
         handler = self.handler(name)
         with _as_deployed(function, self.output[name]):
             return handler(event, LocalLambdaContext(function_name=function.name, timeout_seconds=function.timeout))
+
+    def put_event(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Deliver an EventBridge event as the default bus would: to each function of the stack that a rule
+        whose pattern matches the event targets. Returns each invoked function's result, by logical id.
+
+        The rules and targets are the deployed ones, read from moto. Moto would run a matched Lambda target in
+        Docker, so the match uses moto's own pattern engine and the function runs here.
+        """
+        events = boto3.client("events")
+        by_name = {function.name: name for name, function in self._stack.functions.items()}
+        results = {}
+        for rule in events.list_rules()["Rules"]:
+            pattern = EventPattern.load(rule.get("EventPattern"))
+            if not rule.get("EventPattern") or not pattern.matches_event(event):  # type: ignore[arg-type]  # a TypedDict
+                continue
+            for target in events.list_targets_by_rule(Rule=rule["Name"])["Targets"]:
+                function = by_name.get(target["Arn"].split(":")[6])
+                if function:
+                    results[function] = self.invoke(function, event)
+        return results
 
     def fire_schedule(self, name: str, at: datetime | None = None) -> Any:
         """Fire a scheduled function now, with the payload its schedule's Input gives: the scheduled time."""

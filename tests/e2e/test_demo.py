@@ -5,7 +5,7 @@ import json
 import pytest
 from aws_lambda_powertools.utilities import parameters
 
-from callcancel_local.demo import DemoReport, run
+from callcancel_local.demo import DemoAccounts, DemoReport, run
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.simulator import ProviderSimulator
 
@@ -64,3 +64,18 @@ def test_the_nightly_purge_cancelled_the_deferred_calls_without_calling_provider
     assert {"n-1", "n-2"} <= set(cancelled)
     assert cancelled.count("n-1") == cancelled.count("n-2") == 1
     assert simulator_server.cancelled("plum").count("7001/3") == 1
+
+
+def test_the_dlq_alarm_sends_a_digest_through_the_deployed_rule_and_topic(report: DemoReport) -> None:
+    subject, text = report.digest["Subject"], report.digest["Message"]
+    cli = "callcancel dlq {} --stack-name callcancel-local --region us-east-1"
+
+    assert subject.startswith("callcancel callcancel-local: 7 dead letter(s), 1 config, 1 auth, 1 exhausted")
+    assert "Alarm callcancel-local-dead-letters is ALARM" in text
+    assert f"{cli.format('redrive')} --class config" in text
+    assert f"{cli.format('discard')} --class invalid" in text
+    assert "1 x ryng HTTP 403: Unauthorized Token" in text
+    # Digest read the DLQ without consuming it: every letter is still there (report.dead_letters was read after).
+    assert len(report.dead_letters) == 7
+    for secret in (DemoAccounts.ryng_token, DemoAccounts.plum_key, "globex-revoked-token"):
+        assert secret not in text

@@ -1,6 +1,7 @@
 """The real template.yaml, deployed into the embedded AWS: the wiring the functions see is the stack's own."""
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,7 @@ def broken_template(tmp_path: Path, old: str, new: str) -> Path:
     assert old in text
     text = text.replace(old, new, 1)
     # The code stays where it is.
-    for folder in ("functions/cancel_worker/", "functions/nightly_purge/", "layers/callcancel/"):
-        text = text.replace(f"Uri: {folder}", f"Uri: {TEMPLATE.parent / folder}")
+    text = re.sub(r"Uri: (functions|layers)/", lambda m: f"Uri: {TEMPLATE.parent / m[1]}/", text)
     path = tmp_path / "template.yaml"
     path.write_text(text)
     return path

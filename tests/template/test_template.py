@@ -6,6 +6,7 @@ The static checks read the template with cfn-lint's loader, so intrinsics parse 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -347,6 +348,159 @@ def test_purge_role_is_its_own_and_least_privilege(
     }
 
 
+# ---- alarms, alert topic, digest, dashboard ------------------------------------------------------
+
+# alarm -> (namespace, metric, dimension name, the resource it watches, comparison, missing data)
+ALARMS = {
+    "DeadLetterAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "DeadLetterQueue"),
+    "PurgeFailuresAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "PurgeFailures"),
+    "OldestRequestAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", "CancelQueue"),
+    "WorkerErrorsAlarm": ("AWS/Lambda", "Errors", "FunctionName", "CancelWorker"),
+    "WorkerThrottlesAlarm": ("AWS/Lambda", "Throttles", "FunctionName", "CancelWorker"),
+}
+
+
+def test_the_alarms_are_exactly_these(resources: dict[str, Any]) -> None:
+    assert {name for name, r in resources.items() if r["Type"] == "AWS::CloudWatch::Alarm"} == set(ALARMS)
+
+
+@pytest.mark.parametrize("alarm", sorted(ALARMS))
+def test_alarm_watches_its_resource_and_notifies_the_alert_topic(resources: dict[str, Any], alarm: str) -> None:
+    namespace, metric, dimension, watched = ALARMS[alarm]
+    spec = props(resources, alarm)
+    reference = {"Ref": watched} if namespace == "AWS/Lambda" else {"Fn::GetAtt": [watched, "QueueName"]}
+
+    assert (spec["Namespace"], spec["MetricName"]) == (namespace, metric)
+    assert spec["Dimensions"] == [{"Name": dimension, "Value": reference}]
+    assert spec["AlarmActions"] == [{"Ref": "AlertTopic"}]
+    assert spec["OKActions"] == [{"Ref": "AlertTopic"}]
+    # Chosen per alarm, not left to the default (`missing`, which would leave idle stacks INSUFFICIENT_DATA).
+    assert spec["TreatMissingData"] == "notBreaching"
+    assert spec["AlarmDescription"]
+
+
+@pytest.mark.parametrize(
+    "alarm", ["DeadLetterAlarm", "PurgeFailuresAlarm", "WorkerErrorsAlarm", "WorkerThrottlesAlarm"]
+)
+def test_count_alarms_fire_on_the_first_one(resources: dict[str, Any], alarm: str) -> None:
+    spec = props(resources, alarm)
+
+    assert (spec["Threshold"], spec["ComparisonOperator"], spec["EvaluationPeriods"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+        1,
+    )
+
+
+def test_oldest_request_alarm_uses_the_threshold_parameter(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    spec = props(resources, "OldestRequestAlarm")
+
+    assert spec["Threshold"] == {"Ref": "OldestRequestAlarmSeconds"}
+    assert spec["ComparisonOperator"] == "GreaterThanThreshold"
+    assert template["Parameters"]["OldestRequestAlarmSeconds"]["Type"] == "Number"
+
+
+def test_alert_topic_is_encrypted_with_a_key_cloudwatch_may_use(resources: dict[str, Any]) -> None:
+    key_policy = props(resources, "AlertKey")["KeyPolicy"]["Statement"]
+    cloudwatch = [s for s in key_policy if s.get("Principal") == {"Service": "cloudwatch.amazonaws.com"}]
+
+    assert props(resources, "AlertTopic")["KmsMasterKeyId"] == {"Ref": "AlertKey"}
+    assert props(resources, "AlertKey")["EnableKeyRotation"] is True
+    assert [set(s["Action"]) for s in cloudwatch] == [{"kms:Decrypt", "kms:GenerateDataKey*"}]
+
+
+def test_email_subscription_exists_only_with_an_alert_email(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    subscription = resources["AlertEmailSubscription"]
+
+    assert subscription["Condition"] == "HasAlertEmail"
+    assert template["Conditions"]["HasAlertEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlertEmail"}, ""]}]}
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlertTopic"},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlertEmail"},
+    }
+    assert template["Parameters"]["AlertEmail"]["Default"] == ""
+
+
+def test_digest_runs_when_the_dead_letter_alarm_goes_to_alarm(resources: dict[str, Any]) -> None:
+    digest = props(resources, "DlqDigest")
+    (event,) = digest["Events"].values()
+    pattern = event["Properties"]["Pattern"]
+
+    assert event["Type"] == "EventBridgeRule"
+    assert pattern["source"] == ["aws.cloudwatch"]
+    assert pattern["detail-type"] == ["CloudWatch Alarm State Change"]
+    assert pattern["detail"] == {
+        "alarmName": [props(resources, "DeadLetterAlarm")["AlarmName"]],
+        "state": {"value": ["ALARM"]},
+    }
+    assert digest["Environment"]["Variables"] == {
+        "DEAD_LETTER_QUEUE_URL": {"Ref": "DeadLetterQueue"},
+        "ALERT_TOPIC_ARN": {"Ref": "AlertTopic"},
+        "STACK_NAME": {"Ref": "AWS::StackName"},
+        "DIGEST_LIMIT": "100",
+    }
+
+
+def test_digest_role_peeks_the_dlq_and_publishes_only_to_the_topic(resources: dict[str, Any]) -> None:
+    role = props(resources, "DlqDigestRole")
+    statements = [statement for policy in role["Policies"] for statement in policy["PolicyDocument"]["Statement"]]
+
+    assert props(resources, "DlqDigest")["Role"] == arn_of("DlqDigestRole")
+    assert granted(statements) == {
+        ("logs:CreateLogStream", str(arn_of("DlqDigestLogGroup"))),
+        ("logs:PutLogEvents", str(arn_of("DlqDigestLogGroup"))),
+        ("xray:PutTraceSegments", "*"),
+        ("xray:PutTelemetryRecords", "*"),
+        ("sqs:ReceiveMessage", str(arn_of("DeadLetterQueue"))),
+        ("sqs:ChangeMessageVisibility", str(arn_of("DeadLetterQueue"))),
+        ("sqs:GetQueueAttributes", str(arn_of("DeadLetterQueue"))),
+        ("sns:Publish", str({"Ref": "AlertTopic"})),
+        ("kms:GenerateDataKey", str(arn_of("AlertKey"))),
+        ("kms:Decrypt", str(arn_of("AlertKey"))),
+    }
+
+
+def test_dashboard_shows_outcomes_dlq_depth_queue_age_duration_and_concurrency(resources: dict[str, Any]) -> None:
+    body, variables = props(resources, "Dashboard")["DashboardBody"]["Fn::Sub"]
+    # Fill the substitutions with placeholders: what is left must be JSON CloudWatch accepts.
+    rendered = re.sub(
+        r"\$\{(?:AWS::)?([A-Za-z]+)(?:\.[A-Za-z]+)?\}",
+        lambda m: "1" if m[1].endswith(("Seconds", "Concurrency")) else m[1],
+        body,
+    )
+    widgets = json.loads(rendered)["widgets"]
+    metrics = {
+        tuple(line[:2])
+        for w in widgets
+        if w["type"] == "metric"
+        for line in w["properties"]["metrics"]
+        if isinstance(line[0], str)
+    }
+    expressions = [
+        line[0]["expression"]
+        for w in widgets
+        if w["type"] == "metric"
+        for line in w["properties"]["metrics"]
+        if isinstance(line[0], dict)
+    ]
+    (alarms,) = [w["properties"]["alarms"] for w in widgets if w["type"] == "alarm"]
+
+    assert expressions == ["SEARCH('{Callcancel,outcome,provider,service} MetricName=\"Outcome\"', 'Sum', 300)"]
+    assert {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/Lambda", "Duration"),
+        ("AWS/Lambda", "ConcurrentExecutions"),
+    } <= metrics
+    assert sorted(alarm.removeprefix("AlarmArn-") for alarm in alarms) == sorted(
+        props(resources, name)["AlarmName"]["Fn::Sub"].removeprefix("${AWS::StackName}-") for name in ALARMS
+    )
+    assert variables["AlarmArn"]["Fn::Sub"].endswith(":alarm:${AWS::StackName}")
+
+
 # ---- outputs and samconfig ----------------------------------------------------------------------
 
 
@@ -363,6 +517,9 @@ def test_purge_role_is_its_own_and_least_privilege(
         "DeferredTableName",
         "PurgePlanParameter",
         "NightlyPurgeName",
+        "AlertTopicArn",
+        "DlqDigestName",
+        "DashboardName",
     ],
 )
 def test_output_is_present_and_described(template: dict[str, Any], output: str) -> None:
@@ -419,3 +576,4 @@ def test_sam_build_ships_the_package_and_arm64_dependencies(sam_run: SamRun) -> 
     assert [so.name for so in (layer / "pydantic_core").glob("*.so") if "aarch64" in so.name]
     assert (sam_run.build_dir / "CancelWorker" / "app.py").is_file()
     assert (sam_run.build_dir / "NightlyPurge" / "app.py").is_file()
+    assert (sam_run.build_dir / "DlqDigest" / "app.py").is_file()

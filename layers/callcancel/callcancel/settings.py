@@ -52,3 +52,13 @@ class PurgeSettings(_EnvSettings):
     cancel_queue_url: str = Field(min_length=1)
     deferred_table: str | None = None
     plan_max_age_seconds: int = Field(60, ge=0)
+
+
+class DigestSettings(_EnvSettings):
+    """The DlqDigest's environment: the queue it reads, the topic it writes, and names for the commands."""
+
+    dead_letter_queue_url: str = Field(min_length=1)
+    alert_topic_arn: str = Field(min_length=1)
+    stack_name: str = Field(min_length=1)
+    aws_region: str = "us-east-1"
+    digest_limit: int = Field(100, ge=1, le=1000)
