@@ -6,8 +6,11 @@ retry settings), and prints what happened: outcomes per class, each dead letter 
 provider calls made.
 """
 
+import contextlib
+import io
 import json
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -21,7 +24,7 @@ import boto3
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.runner import EventSourceRunner
 from callcancel_local.simulator import ProviderSimulator
-from callcancel_local.stack import DeployedStack, DeployError, deploy
+from callcancel_local.stack import DeployedStack, DeployError, deploy, not_created_lines
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"
@@ -50,12 +53,14 @@ class DemoAccounts:
     ryng_token: str = "demo-ryng-token"  # noqa: S105  (a demo value for the local simulator)
     plum_email: str = "ops@acme.example"
     plum_key: str = "demo-plum-key"
+    initech_token: str = "demo-initech-token"  # noqa: S105
 
 
 def seed(simulator: ProviderSimulator, accounts: DemoAccounts = DemoAccounts()) -> None:
     secrets = boto3.client("secretsmanager")
     simulator.add_ryng_account("acme", accounts.ryng_token)
     simulator.add_ryng_account("globex", "globex-current-token")
+    simulator.add_ryng_account("initech", accounts.initech_token)  # known to Ryng; its secret is missing at first
     simulator.add_plum_account(accounts.plum_email, accounts.plum_key)
     for name, value in {
         "callcancel/ryng/acme": {"subdomain": "acme", "access_token": accounts.ryng_token},
@@ -70,6 +75,7 @@ def scenario(simulator: ProviderSimulator) -> list[str]:
     simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001", "n-1", "n-2")
     simulator.add_plum_deployment("ops@acme.example", "7001", "3", pending=30)  # in the nightly purge plan
     simulator.add_ryng_calls("globex", "g-1")
+    simulator.add_ryng_calls("initech", "i-1")
     simulator.add_plum_deployment("ops@acme.example", "7001", "1", pending=12)
     simulator.add_plum_deployment("ops@acme.example", "7001", "2", pending=4)
     simulator.inject("plum", 503, times=2, target="7001/2")  # an outage that recovers
@@ -113,11 +119,23 @@ class DemoReport:
     dead_letters: list[dict[str, Any]]
     provider_calls: Counter[tuple[str, int]]
     digest: dict[str, str]  # the DLQ alarm's digest as AlertTopic delivered it: Subject and Message
+    fix: "OperatorFix"
 
     @property
     def unaccounted(self) -> int:
-        # Each published or purged request ends in one outcome; a deferred one ends again once purged.
-        return self.published + self.purged - sum(self.outcomes.values())
+        # Each published, purged or redriven request ends in one outcome; a deferred one ends again once purged.
+        return self.published + self.purged + self.fix.redriven - sum(self.outcomes.values())
+
+
+@dataclass
+class OperatorFix:
+    """The runbook's fix for the `config` dead letter: the missing secret, then the digest's redrive command."""
+
+    secret: str
+    command: str
+    output: str
+    status: int
+    redriven: int
 
 
 def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
@@ -139,6 +157,7 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     runner.fire_schedule("NightlyPurge")  # as EventBridge Scheduler would at 02:00
     runner.run_until_drained(timeout=60)
     digest = alert_digest(stack, runner)
+    fix = fix_config_failure(stack, runner, digest["Message"])
 
     # Imported late: the worker's logger must be created by the runner, with the function's own stdout.
     from callcancel.queues import peek  # noqa: PLC0415
@@ -152,7 +171,38 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
         dead_letters=peek(sqs, stack.outputs["DeadLetterQueueUrl"]),
         provider_calls=Counter((call.provider, call.status) for call in simulator.calls()),
         digest=digest,
+        fix=fix,
     )
+
+
+def fix_config_failure(
+    stack: DeployedStack, runner: EventSourceRunner, digest: str, accounts: DemoAccounts = DemoAccounts()
+) -> OperatorFix:
+    """Do what the digest says for `config`: create the secret its reason names, run its command, drain."""
+    from callcancel.cli import main as callcancel  # noqa: PLC0415  (late, as peek: after the runner loaded the worker)
+
+    [command] = [
+        line.strip()
+        for line in digest.splitlines()
+        if line.strip().startswith("callcancel dlq redrive") and line.strip().endswith("--class config")
+    ]
+    secret = "callcancel/ryng/initech"  # noqa: S105  (a secret name)
+    value = {"subdomain": "initech", "access_token": accounts.initech_token}
+    boto3.client("secretsmanager").create_secret(Name=secret, SecretString=json.dumps(value))
+    dead_letters = _depth(stack.outputs["DeadLetterQueueUrl"])
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        status = callcancel(shlex.split(command)[1:])
+    redriven = dead_letters - _depth(stack.outputs["DeadLetterQueueUrl"])
+    runner.run_until_drained(timeout=60)
+    return OperatorFix(secret, command, output.getvalue().strip(), status, redriven)
+
+
+def _depth(queue_url: str) -> int:
+    attributes = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return sum(int(value) for value in attributes.values())
 
 
 def dead_letter_alarm_event(stack_name: str) -> dict[str, Any]:
@@ -184,12 +234,12 @@ def alert_digest(stack: DeployedStack, runner: EventSourceRunner) -> dict[str, s
 def print_summary(report: DemoReport) -> None:
     print(
         f"\nOutcomes ({report.published} published, {report.purged} enqueued by the nightly purge,"
-        f" {report.retries} retries on the way):"
+        f" {report.fix.redriven} redriven after the fix below, {report.retries} retries on the way):"
     )
     for name, count in report.outcomes.items():
         if count:
             print(f"  {name:<10} {count}")
-    print(f"\nDead letters ({len(report.dead_letters)}):")
+    print(f"\nDead letters left ({len(report.dead_letters)}):")
     for letter in sorted(report.dead_letters, key=lambda item: item["failure_class"]):
         http = f" HTTP {letter['http_status']}" if "http_status" in letter else ""
         print(
@@ -199,11 +249,16 @@ def print_summary(report: DemoReport) -> None:
     print("\nProvider calls:")
     for (provider, status), count in sorted(report.provider_calls.items()):
         print(f"  {provider:<5} HTTP {status or 'dropped'}: {count}")
-    lost = report.unaccounted
-    print(f"\nEvery message accounted for: {'yes' if lost == 0 else f'NO, {lost} unaccounted'}")
     print("\nThe DLQ alarm fired. AlertTopic sent this digest (DlqDigest, through the deployed EventBridge rule):")
     print(f"\n  Subject: {report.digest['Subject']}\n")
     print("\n".join(f"  | {line}" for line in report.digest["Message"].splitlines()))
+    fix = report.fix
+    print(f"\nThe operator follows it for `config`: creates the secret {fix.secret}, then runs the digest's command:")
+    print(f"\n  $ {fix.command}")
+    print("\n".join(f"  {line}" for line in fix.output.splitlines()))
+    print(f"  (exit {fix.status}); the worker then cancelled i-1 at Ryng.")
+    lost = report.unaccounted
+    print(f"\nEvery message accounted for: {'yes' if lost == 0 else f'NO, {lost} unaccounted'}")
 
 
 def main() -> int:
@@ -217,8 +272,7 @@ def main() -> int:
             print(f"error: the template cannot be deployed locally: {exc}", file=sys.stderr)
             return 2
         print(f"Deployed {TEMPLATE.name} as stack {stack.name!r}: functions {', '.join(stack.functions)}")
-        for logical_id, resource_type in stack.not_created:
-            print(f"  not created locally (moto cannot): {logical_id} ({resource_type})")
+        print("\n".join(not_created_lines(stack)))
         print_summary(report)
     print(f"Done in {time.monotonic() - started:.1f} s.")
     return 0 if report.unaccounted == 0 else 1

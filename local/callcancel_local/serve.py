@@ -13,7 +13,7 @@ from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.runner import EventSourceRunner
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.sqs_source import BatchResult
-from callcancel_local.stack import DeployError, deploy
+from callcancel_local.stack import DeployError, deploy, not_created_lines
 
 
 def _report(function: str, result: BatchResult) -> None:
@@ -49,6 +49,7 @@ def main() -> int:
         runner = EventSourceRunner(stack, on_batch=_report)
         seed(simulator)
         simulator.add_ryng_calls("acme", *(f"call-{i}" for i in range(1, 100)))
+        simulator.add_ryng_calls("initech", "i-1")  # known to Ryng; its secret is missing until you create it
         queue, dlq = stack.outputs["CancelQueueUrl"], stack.outputs["DeadLetterQueueUrl"]
         print(f"""callcancel local stack is up (Ctrl-C to stop).
 
@@ -57,16 +58,18 @@ def main() -> int:
   export CALLCANCEL_QUEUE_URL={queue}
   export CALLCANCEL_DLQ_URL={dlq}
 
-  aws --endpoint-url $AWS_ENDPOINT_URL sqs send-message --queue-url $CALLCANCEL_QUEUE_URL \\
-    --message-body '{{"provider":"ryng","account":"acme","call_id":"call-1"}}'
-  aws --endpoint-url $AWS_ENDPOINT_URL sqs receive-message --queue-url $CALLCANCEL_DLQ_URL \\
-    --message-attribute-names All
+  .venv/bin/callcancel publish ryng --account acme --call-id call-1
+  .venv/bin/callcancel publish ryng --account initech --call-id i-1     # no secret: dead-lettered as config
+  .venv/bin/callcancel dlq list
+  .venv/bin/callcancel dlq redrive --class config --dry-run
 
-Demo accounts: ryng/acme (calls call-1..call-99 pending), ryng/globex (revoked token), plum/acme
+  (or --stack-name {stack.name} instead of the two queue URLs; the aws CLI needs --endpoint-url $AWS_ENDPOINT_URL)
+
+Demo accounts: ryng/acme (calls call-1..call-99 pending), ryng/globex (revoked token), ryng/initech (call i-1;
+no secret until you create callcancel/ryng/initech with access_token demo-initech-token), plum/acme
 (deployments 7001/1 and 7001/2). Provider simulator: {simulator.base_url} (GET /_sim/calls).
 """)
-        for logical_id, resource_type in stack.not_created:
-            print(f"  not created locally (moto cannot): {logical_id} ({resource_type})")
+        print("\n".join(not_created_lines(stack)))
         try:
             while True:
                 if not runner.poll_once():

@@ -68,6 +68,14 @@ class DeployedStack:
     not_created: tuple[tuple[str, str], ...]  # (logical id, resource type) moto's CloudFormation cannot create
 
 
+def not_created_lines(stack: DeployedStack) -> list[str]:
+    """What moto could not create, one line per resource type, for people."""
+    by_type: dict[str, list[str]] = {}
+    for logical_id, resource_type in stack.not_created:
+        by_type.setdefault(resource_type, []).append(logical_id)
+    return [f"  not created locally (moto cannot): {kind}: {', '.join(ids)}" for kind, ids in by_type.items()]
+
+
 class DeployError(Exception):
     """The stack could not be deployed; the message says why, in one paragraph."""
 

@@ -25,8 +25,9 @@ def test_every_message_ends_cancelled_or_dead_lettered(report: DemoReport) -> No
     assert report.purged == 3  # the two deferred Ryng calls and the plan's Plum deployment
     assert report.unaccounted == 0
     assert report.outcomes == {
-        # 3 Ryng (one by integer id), 2 Plum (one after an outage that recovered), and the 3 the purge enqueued
-        "cancelled": 8,
+        # 3 Ryng (one by integer id), 2 Plum (one after an outage that recovered), the 3 the purge enqueued,
+        # and initech's i-1, redriven once its secret was created
+        "cancelled": 9,
         "duplicate": 1,  # the producer's retry of crm-77:cancel
         "deferred": 2,  # held for the night, then cancelled by the purge
         "invalid": 2,
@@ -41,7 +42,7 @@ def test_every_message_ends_cancelled_or_dead_lettered(report: DemoReport) -> No
 def test_the_dead_letter_queue_holds_each_failure_with_its_reason(report: DemoReport) -> None:
     letters = {(letter["failure_class"], letter["body"]) for letter in report.dead_letters}
     by_class = sorted(letter["failure_class"] for letter in report.dead_letters)
-    assert by_class == ["auth", "config", "exhausted", "invalid", "invalid", "not_found", "not_found"]
+    assert by_class == ["auth", "exhausted", "invalid", "invalid", "not_found", "not_found"]  # config: fixed
     exhausted = next(letter for letter in report.dead_letters if letter["failure_class"] == "exhausted")
     assert json.loads(exhausted["body"])["call_id"] == "r-2001"
     assert exhausted["attempts"] == "3"  # the demo's MaxAttempts, taken from the deployed environment
@@ -53,7 +54,8 @@ def test_the_dead_letter_queue_holds_each_failure_with_its_reason(report: DemoRe
 def test_provider_calls_match_the_scenario(report: DemoReport) -> None:
     assert report.provider_calls[("plum", 503)] == 2  # the outage that recovered
     assert report.provider_calls[("plum", 202)] == 3  # 7001/1, 7001/2, and 7001/3 from the purge plan
-    assert report.provider_calls[("ryng", 200)] == 5  # r-1001, r-1002 once (the duplicate made no call), 1003, n-1, n-2
+    # r-1001, r-1002 once (the duplicate made no call), 1003, n-1, n-2, and i-1 after the fix
+    assert report.provider_calls[("ryng", 200)] == 6
     assert report.provider_calls[("ryng", 403)] == 2  # denied, secret re-read, denied again
 
 
@@ -75,7 +77,18 @@ def test_the_dlq_alarm_sends_a_digest_through_the_deployed_rule_and_topic(report
     assert f"{cli.format('redrive')} --class config" in text
     assert f"{cli.format('discard')} --class invalid" in text
     assert "1 x ryng HTTP 403: Unauthorized Token" in text
-    # Digest read the DLQ without consuming it: every letter is still there (report.dead_letters was read after).
-    assert len(report.dead_letters) == 7
     for secret in (DemoAccounts.ryng_token, DemoAccounts.plum_key, "globex-revoked-token"):
         assert secret not in text
+
+
+def test_the_operator_fixes_config_with_the_digests_own_command(
+    report: DemoReport, simulator_server: ProviderSimulator
+) -> None:
+    fix = report.fix
+
+    assert fix.command == "callcancel dlq redrive --stack-name callcancel-local --region us-east-1 --class config"
+    assert fix.command in report.digest["Message"]
+    assert (fix.status, fix.redriven) == (0, 1)
+    # The digest left all 7 on the DLQ; the redrive took only the config one; the worker then cancelled it.
+    assert len(report.dead_letters) == 6
+    assert simulator_server.cancelled("ryng").count("i-1") == 1

@@ -1,16 +1,19 @@
 """The SQS calls the worker makes: the source message's visibility, and the dead-letter queue."""
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.exceptions import BotoCoreError, ClientError
 
 from callcancel.dead_letter import DeadLetter
 from callcancel.observability import logger
+from callcancel.peek import peek
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
+
+__all__ = ["WorkerQueues", "peek"]  # peek lives in callcancel.peek; the digest, the demo and tests import it here
 
 
 class WorkerQueues:
@@ -45,36 +48,3 @@ class WorkerQueues:
     def _queue_url_of(self, event_source_arn: str) -> str:
         *_, account, name = event_source_arn.split(":")
         return self._client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
-
-
-def peek(client: "SQSClient", queue_url: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Up to `limit` messages with their String attributes flattened, left on the queue.
-
-    Each receive hides what it returned, so the next one returns new messages; at the end every message
-    is made visible again at once.
-    """
-    seen: dict[str, dict[str, Any]] = {}
-    handles: list[str] = []
-    while len(seen) < limit:
-        messages = client.receive_message(
-            QueueUrl=queue_url,
-            MaxNumberOfMessages=min(10, limit - len(seen)),
-            MessageAttributeNames=["All"],
-            AttributeNames=["All"],
-            VisibilityTimeout=60,
-        ).get("Messages", [])
-        if not messages:
-            break
-        for message in messages:
-            handles.append(message["ReceiptHandle"])
-            attributes = {k: v["StringValue"] for k, v in message.get("MessageAttributes", {}).items()}
-            seen[message["MessageId"]] = {"message_id": message["MessageId"], "body": message["Body"], **attributes}
-    for start in range(0, len(handles), 10):
-        client.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for i, handle in enumerate(handles[start : start + 10])
-            ],
-        )
-    return list(seen.values())

@@ -1,0 +1,284 @@
+"""`callcancel`: publish cancel requests, and read, redrive or discard dead letters. Arguments and printing only.
+
+Exit status: 0 done; 1 AWS refused or failed (or some messages could not be handled); 2 bad input, nothing sent.
+"""
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from callcancel import dlq
+from callcancel.dead_letter import StoredDeadLetter
+from callcancel.errors import InvalidRequest
+from callcancel.locate import DLQ_URL_ENV, QUEUE_URL_ENV, LocateError, QueueLocator
+from callcancel.producer import CSV_COLUMNS, InvalidCsv, capped, encode, publish, publish_rows, read_csv_file
+
+
+def _where() -> argparse.ArgumentParser:
+    """Options every command takes. SUPPRESS: a subcommand's unset option must not hide the parent's value."""
+    where = argparse.ArgumentParser(add_help=False)
+    group = where.add_argument_group("where the queues are (flag, else environment variable, else stack outputs)")
+    group.add_argument("--stack-name", default=argparse.SUPPRESS, help="default: samconfig.toml's stack_name")
+    group.add_argument("--config-env", default=argparse.SUPPRESS, help="samconfig.toml environment (default: default)")
+    group.add_argument("--queue-url", default=argparse.SUPPRESS, help=f"CancelQueue URL (or ${QUEUE_URL_ENV})")
+    group.add_argument("--dlq-url", default=argparse.SUPPRESS, help=f"DeadLetterQueue URL (or ${DLQ_URL_ENV})")
+    group.add_argument("--region", default=argparse.SUPPRESS, help="default: samconfig.toml's, else boto3's")
+    return where
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
+    return int(text)
+
+
+def _request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--account", required=True, help="selects the credentials: {prefix}/{provider}/{account}")
+    parser.add_argument("--when", choices=["now", "nightly"], help="nightly: hold it for the nightly purge")
+    parser.add_argument("--reason", help="free text, at most 500 characters")
+    parser.add_argument("--request-id", help="idempotency key: a second request with it makes no provider call")
+
+
+def _publish_parsers(commands: Any, where: argparse.ArgumentParser) -> None:
+    publish = commands.add_parser("publish", parents=[where], help="publish cancel requests to CancelQueue")
+    publish.add_argument(
+        "--csv", type=Path, metavar="FILE", help="a request per row, under a header of fields: " + ",".join(CSV_COLUMNS)
+    )
+    providers = publish.add_subparsers(dest="provider", metavar="{ryng,plum}")
+    ryng = providers.add_parser("ryng", parents=[where], help="cancel one Ryng call")
+    _request_options(ryng)
+    ryng.add_argument("--call-id", required=True)
+    plum = providers.add_parser("plum", parents=[where], help="cancel every pending call of a Plum deployment")
+    _request_options(plum)
+    plum.add_argument("--application-id", required=True)
+    plum.add_argument("--deployment-id", required=True)
+
+
+def _dlq_parsers(commands: Any, where: argparse.ArgumentParser) -> None:
+    dead = commands.add_parser("dlq", help="the dead-letter queue").add_subparsers(dest="action", required=True)
+    listing = dead.add_parser("list", parents=[where], help="class, provider, account, target, reason, attempts, age")
+    listing.add_argument("--limit", type=_positive, default=100, help="at most this many (default: 100)")
+    show = dead.add_parser("show", parents=[where], help="one dead letter in full")
+    show.add_argument("message_id", metavar="ID", help="DLQ message id (as `list` shows) or the original message id")
+    redrive = dead.add_parser("redrive", parents=[where], help="send dead letters back to CancelQueue")
+    redrive.add_argument("--class", dest="failure_class", choices=dlq.CLASSES, help="only this failure class")
+    redrive.add_argument("--dry-run", action="store_true", help="count what would move; move nothing")
+    discard = dead.add_parser("discard", parents=[where], help="delete dead letters that must not be sent again")
+    which = discard.add_mutually_exclusive_group(required=True)
+    which.add_argument("--class", dest="failure_class", choices=dlq.CLASSES, help="only this failure class")
+    which.add_argument("--all", action="store_true", help="every dead letter")
+    discard.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="callcancel", description="Cancel pending outbound calls: publish, and operate the DLQ."
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+    where = _where()
+    _publish_parsers(commands, where)
+    _dlq_parsers(commands, where)
+    return root
+
+
+class Cli:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.locator = QueueLocator(
+            queue_url=getattr(args, "queue_url", None),
+            dlq_url=getattr(args, "dlq_url", None),
+            stack_name=getattr(args, "stack_name", None),
+            config_env=getattr(args, "config_env", "default"),
+            region=getattr(args, "region", None),
+        )
+        # Into a pipe or a file, one line per table row (for grep), however long; a terminal wraps cells.
+        self.out = Console(width=None if sys.stdout.isatty() else 10_000, highlight=False)
+        self.err = Console(stderr=True, highlight=False)
+
+    @functools.cached_property
+    def _session(self) -> boto3.Session:
+        # Made once the queues are located: a stack found through samconfig.toml brings its region.
+        return boto3.Session(region_name=self.locator.region)
+
+    @functools.cached_property
+    def sqs(self) -> Any:
+        return self._session.client("sqs")
+
+    def run(self) -> int:
+        if self.args.command == "publish":
+            return self.publish_csv() if self.args.csv else self.publish_one()
+        return int(getattr(self, f"dlq_{self.args.action}")())
+
+    def publish_one(self) -> int:
+        fields = {name: getattr(self.args, name, None) for name in CSV_COLUMNS}
+        encode(fields)  # refused before any AWS call, the stack lookup included
+        queue_url = self.locator.cancel_queue()
+        print(publish(fields, queue_url=queue_url, sqs=self.sqs))
+        return 0
+
+    def publish_csv(self) -> int:
+        rows = read_csv_file(self.args.csv)
+        queue_url = self.locator.cancel_queue()
+        started = time.monotonic()
+        with Progress(
+            TextColumn("publishing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.err
+        ) as progress:
+            task = progress.add_task("publish", total=len(rows))
+            report = publish_rows(rows, queue_url, sqs=self.sqs, on_progress=lambda n: progress.advance(task, n))
+        refused = [f"row {number}: not sent: {code}" for number, code in sorted(report.failed.items())]
+        for line in capped(refused):
+            print(line, file=sys.stderr)
+        seconds = time.monotonic() - started
+        stopped = " (interrupted)" if report.interrupted else ""
+        print(f"sent {report.sent}, failed {len(report.failed)}, of {len(rows)} rows in {seconds:.1f} s{stopped}")
+        return 130 if report.interrupted else 1 if report.failed else 0
+
+    def dlq_list(self) -> int:
+        dlq_url = self.locator.dead_letter_queue()
+        letters = dlq.list_letters(self.sqs, dlq_url, self.args.limit)
+        now = datetime.now(UTC)
+        table = Table("class", "provider", "account", "target", "reason", "attempts", "age", "message id")
+        for letter in sorted(letters, key=lambda x: (x.failure_class, x.failed_at or now)):
+            table.add_row(
+                letter.failure_class,
+                letter.provider,
+                letter.account,
+                letter.target,
+                letter.failure_reason,
+                letter.attempts,
+                _age(letter.age(now)),
+                letter.message_id,
+            )
+        self.out.print(table)
+        counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(x.failure_class for x in letters).items()))
+        limit = f" (the first {self.args.limit}: --limit shows more)" if len(letters) == self.args.limit else ""
+        print(f"{len(letters)} dead letter(s){limit}{': ' + counts if counts else ''}")
+        return 0
+
+    def dlq_show(self) -> int:
+        dlq_url = self.locator.dead_letter_queue()
+        item = dlq.find_letter(self.sqs, dlq_url, self.args.message_id)
+        if item is None:
+            print(f"error: no dead letter with id {self.args.message_id} on {dlq_url}", file=sys.stderr)
+            return 1
+        print(_describe(item))
+        return 0
+
+    def dlq_redrive(self) -> int:
+        dlq_url, queue_url = self.locator.dead_letter_queue(), self.locator.cancel_queue()
+        sweep = dlq.redrive(
+            self.sqs,
+            dlq_url,
+            queue_url,
+            failure_class=self.args.failure_class,
+            dry_run=self.args.dry_run,
+            # One try: where the service has no move task, retrying only delays the fallback.
+            task_sqs=self._session.client("sqs", config=Config(retries={"total_max_attempts": 1})),
+        )
+        return self._report(sweep, "moved to CancelQueue", "would move")
+
+    def dlq_discard(self) -> int:
+        dlq_url = self.locator.dead_letter_queue()
+        sweep = dlq.discard(self.sqs, dlq_url, failure_class=self.args.failure_class, dry_run=self.args.dry_run)
+        return self._report(sweep, "deleted", "would delete")
+
+    def _report(self, sweep: dlq.Sweep, done: str, would: str) -> int:
+        by_class = ", ".join(f"{n} {c}" for c, n in sorted(sweep.matched.items()))
+        if sweep.dry_run:
+            print(f"dry run: {would} {sweep.matched.total()} dead letter(s){': ' + by_class if by_class else ''}")
+        elif sweep.move_task:
+            print(f"{sweep.done} dead letter(s) {done} by SQS (message move task {sweep.move_task})")
+        else:
+            print(f"{sweep.done} dead letter(s) {done}{': ' + by_class if by_class else ''}")
+        if not sweep.move_task:
+            print(f"{sweep.kept + len(sweep.failed)} dead letter(s) left on the DLQ")
+        for line in capped([f"not handled: {message_id}: {why}" for message_id, why in sweep.failed.items()]):
+            print(line, file=sys.stderr)
+        return 1 if sweep.failed else 0
+
+
+def _age(age: timedelta | None) -> str:
+    if age is None:
+        return "?"
+    seconds = int(age.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+# The dead-letter contract's attributes first, in its order; any others after them.
+_CONTRACT = (
+    "failure_class",
+    "failure_reason",
+    "attempts",
+    "source_message_id",
+    "failed_at",
+    "http_status",
+    "provider_message",
+)
+
+
+def _attribute_order(name: str) -> tuple[int, str]:
+    return (_CONTRACT.index(name) if name in _CONTRACT else len(_CONTRACT), name)
+
+
+def _describe(item: dict[str, Any]) -> str:
+    """Every attribute as SQS holds it, then the body (pretty when it is JSON)."""
+    letter = StoredDeadLetter.from_peeked(item)
+    try:
+        body = json.dumps(json.loads(letter.body), indent=2, ensure_ascii=False)
+    except ValueError:
+        body = letter.body
+    attributes = {k: item[k] for k in sorted(item, key=_attribute_order) if k not in ("message_id", "body")}
+    if "failure_class" not in attributes:
+        attributes["failure_class"] = f"{letter.failure_class} ({letter.failure_reason})"
+    lines = [f"{'message_id:':<19}{letter.message_id}", f"{'age:':<19}{_age(letter.age())}"]
+    lines += [f"{name + ':':<19}{value}" for name, value in attributes.items()]
+    return "\n".join([*lines, "body:", body])
+
+
+def _aws_error(exc: ClientError) -> str:
+    # Code and message only, on one line: never the raw response (an emulator may answer with a whole HTML page).
+    error = exc.response.get("Error", {})
+    message = " ".join(str(error.get("Message", "")).split())
+    return f"error: AWS refused {exc.operation_name}: {error.get('Code', '?')}: {message[:200]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "publish" and bool(args.csv) == bool(args.provider):
+        print("error: publish takes either a provider (ryng, plum) or --csv FILE", file=sys.stderr)
+        return 2
+    try:
+        return Cli(args).run()
+    except InvalidCsv as exc:
+        print(f"{exc}\nerror: {len(exc.errors)} invalid row(s); nothing sent", file=sys.stderr)
+    except InvalidRequest as exc:
+        print(f"error: {exc}; nothing sent", file=sys.stderr)
+    except LocateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except ClientError as exc:
+        print(_aws_error(exc), file=sys.stderr)
+        return 1
+    except BotoCoreError as exc:  # no credentials, no connection, ...
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a redrive or discard has made what it held visible again
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 2

@@ -1,0 +1,206 @@
+"""Publishing cancel requests: one (`callcancel.publish`), or a whole CSV file, validated as the worker validates.
+
+What is validated is the exact body that is sent: compact JSON of the given fields, absent ones left out.
+"""
+
+import csv
+import functools
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from callcancel.errors import InvalidRequest
+from callcancel.locate import QueueLocator
+from callcancel.models import parse_cancel_request
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sqs.type_defs import SendMessageBatchRequestEntryTypeDef
+
+CSV_COLUMNS = ("provider", "account", "call_id", "application_id", "deployment_id", "when", "reason", "request_id")
+SQS_BATCH = 10
+IN_FLIGHT = 8  # SendMessageBatch calls at once: 10,000 rows are 1,000 calls
+RETRIES = 3  # for entries SQS refuses for its own reasons (not the sender's)
+MAX_ERRORS_SHOWN = 20
+
+
+def encode(fields: Mapping[str, Any]) -> str:
+    """The message body for these fields; raises `InvalidRequest` naming every bad field."""
+    body = json.dumps({k: v for k, v in fields.items() if v is not None and v != ""}, separators=(",", ":"))
+    parse_cancel_request(body)
+    return body
+
+
+@functools.cache
+def _sqs(region: str | None) -> "SQSClient":
+    # One client per process (and region): producers may call publish() once per request.
+    return boto3.client("sqs", region_name=region)
+
+
+def publish(
+    request: Mapping[str, Any] | None = None,
+    /,
+    *,
+    queue_url: str | None = None,
+    stack_name: str | None = None,
+    sqs: "SQSClient | None" = None,
+    **fields: Any,
+) -> str:
+    """Validate one cancel request and put it on CancelQueue; return the SQS message id.
+
+    `callcancel.publish(provider="ryng", account="acme", call_id="8f3c2a")`, or a mapping. The queue is
+    `queue_url`, else $CALLCANCEL_QUEUE_URL, else the CancelQueueUrl output of `stack_name` (or of
+    samconfig.toml's stack): one DescribeStacks per call, so pass the URL when publishing often.
+    Raises `InvalidRequest` before any AWS call when the request breaks a rule.
+    """
+    body = encode({**(request or {}), **fields})
+    region = sqs.meta.region_name if sqs else None
+    if queue_url is None:
+        locator = QueueLocator(stack_name=stack_name, region=region)
+        queue_url, region = locator.cancel_queue(), locator.region
+    return (sqs or _sqs(region)).send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"]
+
+
+def capped(lines: Sequence[str], limit: int = MAX_ERRORS_SHOWN) -> list[str]:
+    """At most `limit` lines, then how many more there were."""
+    more = len(lines) - limit
+    return [*lines[:limit], f"... and {more} more"] if more > 0 else list(lines)
+
+
+class InvalidCsv(Exception):
+    """Rows that are not valid cancel requests: nothing was sent."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(capped(errors)))
+        self.errors = errors
+
+
+class Row(NamedTuple):
+    number: int  # as a spreadsheet numbers it: the header is row 1
+    body: str
+
+
+def _columns(header: list[str] | None) -> list[str]:
+    if not header:
+        raise InvalidCsv([f"row 1: no header; the columns are {','.join(CSV_COLUMNS)}"])
+    columns = [name.strip() for name in header]
+    unknown = [name or f"(column {i} has no name)" for i, name in enumerate(columns, 1) if name not in CSV_COLUMNS]
+    if unknown:
+        raise InvalidCsv([f"row 1: unknown column(s) {', '.join(unknown)}; the columns are {','.join(CSV_COLUMNS)}"])
+    twice = sorted({name for name in columns if columns.count(name) > 1})
+    if twice:
+        raise InvalidCsv([f"row 1: column(s) {', '.join(twice)} given twice"])
+    return columns
+
+
+def read_csv(lines: Iterable[str]) -> list[Row]:
+    """Every row's message body; raises `InvalidCsv` listing each bad row.
+
+    Empty cells are absent fields; blank rows are skipped but counted, so row numbers match the spreadsheet.
+    """
+    records = csv.reader(lines)
+    columns = _columns(next(records, None))
+    rows, errors = [], []
+    for number, cells in enumerate(records, start=2):
+        if not any(cells):
+            continue
+        if len(cells) > len(columns):
+            errors.append(f"row {number}: {len(cells)} cells, but the header names {len(columns)} columns")
+            continue
+        try:
+            rows.append(Row(number, encode(dict(zip(columns, cells, strict=False)))))
+        except InvalidRequest as exc:
+            errors.append(f"row {number}: {str(exc).removeprefix('invalid cancel request: ')}")
+    if errors:
+        raise InvalidCsv(errors)
+    return rows
+
+
+def read_csv_file(path: Path) -> list[Row]:
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as lines:  # -sig: spreadsheets write a BOM
+            return read_csv(lines)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidCsv([f"cannot read {path}: {exc}"]) from None
+
+
+@dataclass
+class SendReport:
+    sent: int = 0
+    failed: dict[int, str] = field(default_factory=dict)  # row number -> why SQS refused it
+    interrupted: bool = False
+
+    def add(self, chunk: Sequence[Row], failed: dict[int, str]) -> None:
+        self.sent += len(chunk) - len(failed)
+        self.failed |= failed
+
+
+class BatchSender:
+    """SendMessageBatch, 10 rows per call and several calls in flight; refused entries retried a few times."""
+
+    def __init__(self, sqs: "SQSClient", queue_url: str, *, in_flight: int = IN_FLIGHT) -> None:
+        self._sqs = sqs
+        self._queue_url = queue_url
+        self._in_flight = in_flight
+
+    def send(self, rows: Sequence[Row], on_progress: Callable[[int], None] | None = None) -> SendReport:
+        """Every row ends sent or in `failed`; on Ctrl-C too (the calls in flight finish, no other starts)."""
+        report = SendReport()
+        chunks = [rows[start : start + SQS_BATCH] for start in range(0, len(rows), SQS_BATCH)]
+        with ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="publish") as pool:
+            futures = [pool.submit(self._send_chunk, chunk) for chunk in chunks]
+            try:
+                for chunk, future in zip(chunks, futures, strict=True):
+                    report.add(chunk, future.result())
+                    if on_progress:
+                        on_progress(len(chunk))
+            except KeyboardInterrupt:
+                pool.shutdown(cancel_futures=True)
+                report = SendReport(interrupted=True)
+                for chunk, future in zip(chunks, futures, strict=True):
+                    not_tried = dict.fromkeys((row.number for row in chunk), "interrupted")
+                    report.add(chunk, not_tried if future.cancelled() else future.result())
+        return report
+
+    def _send_chunk(self, chunk: Sequence[Row]) -> dict[int, str]:
+        """The rows SQS did not take, with its error code."""
+        pending = {row.number: row.body for row in chunk}
+        given_up: dict[int, str] = {}
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                time.sleep(0.1 * 2**attempt)
+            entries: list[SendMessageBatchRequestEntryTypeDef] = [
+                {"Id": str(number), "MessageBody": body} for number, body in pending.items()
+            ]
+            try:
+                answer = self._sqs.send_message_batch(QueueUrl=self._queue_url, Entries=entries)
+            except ClientError as exc:
+                # botocore already retried the call; sending again now could double what SQS did accept.
+                return given_up | dict.fromkeys(pending, exc.response.get("Error", {}).get("Code", "ClientError"))
+            except BotoCoreError as exc:
+                return given_up | dict.fromkeys(pending, type(exc).__name__)
+            refused = {int(f["Id"]): f for f in answer.get("Failed", [])}
+            # The sender's fault (too big, bad characters) will not pass on a second try either.
+            given_up |= {number: f["Code"] for number, f in refused.items() if f["SenderFault"]}
+            pending = {number: pending[number] for number, f in refused.items() if not f["SenderFault"]}
+            if not pending:
+                return given_up
+        return given_up | {number: refused[number]["Code"] for number in pending}
+
+
+def publish_rows(
+    rows: Sequence[Row],
+    queue_url: str,
+    *,
+    sqs: "SQSClient | None" = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> SendReport:
+    """Send already validated rows (from `read_csv`) to the queue."""
+    return BatchSender(sqs or _sqs(None), queue_url).send(rows, on_progress)

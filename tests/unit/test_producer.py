@@ -1,0 +1,327 @@
+"""Publishing without a network: CSV validation, where the queues are, and the batch sender (botocore Stubber)."""
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from callcancel import producer
+from callcancel.errors import InvalidRequest
+from callcancel.locate import LocateError, QueueLocator, SamConfig, read_samconfig
+from callcancel.producer import CSV_COLUMNS, BatchSender, InvalidCsv, Row, encode, publish, read_csv
+
+HEADER = ",".join(CSV_COLUMNS)
+REPO = Path(__file__).resolve().parents[2]
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/cancel-requests"
+
+
+@pytest.fixture
+def sqs(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A client that never reaches a network: a call without a stubbed answer fails the test."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return boto3.client("sqs", region_name="us-east-1", endpoint_url="https://sqs.us-east-1.amazonaws.com")
+
+
+# ---- the CSV file -------------------------------------------------------------------------------
+
+
+def test_a_good_file_gives_the_exact_bodies_with_empty_cells_absent() -> None:
+    lines = io.StringIO(f"{HEADER}\nryng,acme,r-1,,,,,\nplum,acme,,7001,3,nightly,quiet hours,crm-9\n")
+
+    assert read_csv(lines) == [
+        Row(2, '{"provider":"ryng","account":"acme","call_id":"r-1"}'),
+        Row(
+            3,
+            '{"provider":"plum","account":"acme","application_id":"7001","deployment_id":"3","when":"nightly",'
+            '"reason":"quiet hours","request_id":"crm-9"}',
+        ),
+    ]
+
+
+def test_columns_may_be_a_subset_in_any_order_and_cells_may_be_quoted() -> None:
+    lines = io.StringIO('call_id,account,provider,reason\nr-1,acme,ryng,"late, and\ntwo lines"\nr-2,acme,ryng\n')
+
+    assert read_csv(lines) == [
+        Row(2, '{"call_id":"r-1","account":"acme","provider":"ryng","reason":"late, and\\ntwo lines"}'),
+        Row(3, '{"call_id":"r-2","account":"acme","provider":"ryng"}'),
+    ]
+
+
+def test_every_bad_row_is_named_with_its_field_as_a_spreadsheet_numbers_it() -> None:
+    # Row 4 is blank (skipped, still counted); row 7 is "ryng,acme" with a cell too many.
+    lines = io.StringIO(
+        f"{HEADER}\nryng,acme,r-1,,,,,\nryng,acme,,,,,,\n\nplum,ACME,,1,2,,,\nryng,acme,r-2,,,later,,\n"
+        "ryng,acme,r-3,,,,,,extra\n,,,,,,,\nplum,acme,,7001,,,,\n"
+    )
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(lines)
+
+    assert error.value.errors == [
+        "row 3: call_id: Field required",
+        "row 5: account: String should match pattern '^[a-z0-9][a-z0-9-]{0,62}$'",
+        "row 6: when: Input should be 'now' or 'nightly'",
+        "row 7: 9 cells, but the header names 8 columns",
+        "row 9: deployment_id: Field required",
+    ]
+
+
+def test_a_field_the_provider_does_not_take_is_an_error() -> None:
+    with pytest.raises(InvalidCsv, match="row 2: call_id: unknown field"):
+        read_csv(io.StringIO(f"{HEADER}\nplum,acme,r-1,7001,3,,,\n"))
+
+
+def test_the_header_must_name_known_columns_once() -> None:
+    with pytest.raises(InvalidCsv, match=r"row 1: unknown column\(s\) callid; the columns are provider,account"):
+        read_csv(io.StringIO("provider,account,callid\nryng,acme,r-1\n"))
+    with pytest.raises(InvalidCsv, match=r"row 1: column\(s\) account given twice"):
+        read_csv(io.StringIO("provider,account,call_id,account\nryng,acme,r-1,acme\n"))
+    with pytest.raises(InvalidCsv, match="row 1: no header"):
+        read_csv(io.StringIO(""))
+
+
+def test_many_errors_are_capped_in_the_message_but_all_kept() -> None:
+    lines = io.StringIO(HEADER + "\n" + "ryng,acme,,,,,,\n" * 50)
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(lines)
+
+    assert len(error.value.errors) == 50
+    assert str(error.value).splitlines()[-2:] == ["row 21: call_id: Field required", "... and 30 more"]
+
+
+def test_a_file_from_a_spreadsheet_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    path = tmp_path / "cancels.csv"
+    path.write_bytes(b"\xef\xbb\xbfprovider,account,call_id\r\nryng,acme,r-1\r\n")
+
+    assert producer.read_csv_file(path) == [Row(2, '{"provider":"ryng","account":"acme","call_id":"r-1"}')]
+    with pytest.raises(InvalidCsv, match="cannot read"):
+        producer.read_csv_file(tmp_path / "missing.csv")
+
+
+# ---- one request --------------------------------------------------------------------------------
+
+
+def test_publish_refuses_an_invalid_request_before_any_aws_call(sqs: Any) -> None:
+    with Stubber(sqs) as stubber:  # no answers stubbed: any AWS call would raise
+        with pytest.raises(InvalidRequest, match="provider: must be 'ryng' or 'plum'"):
+            publish({"provider": "twilio", "account": "acme"}, sqs=sqs)
+        with pytest.raises(InvalidRequest, match="priority: unknown field"):
+            publish(provider="ryng", account="acme", call_id="1", priority="high", sqs=sqs)
+        stubber.assert_no_pending_responses()
+
+
+def test_publish_sends_the_validated_body_and_returns_the_message_id(sqs: Any) -> None:
+    with Stubber(sqs) as stubber:
+        stubber.add_response(
+            "send_message",
+            {"MessageId": "m-1"},
+            {"QueueUrl": QUEUE_URL, "MessageBody": '{"provider":"ryng","account":"acme","call_id":7,"when":"nightly"}'},
+        )
+        assert publish({"provider": "ryng", "account": "acme"}, call_id=7, when="nightly", queue_url=QUEUE_URL, sqs=sqs)
+        stubber.assert_no_pending_responses()
+
+
+def test_empty_and_none_fields_are_absent() -> None:
+    assert encode({"provider": "ryng", "account": "acme", "call_id": "1", "reason": "", "request_id": None}) == (
+        '{"provider":"ryng","account":"acme","call_id":"1"}'
+    )
+
+
+# ---- where the queues are -----------------------------------------------------------------------
+
+
+def stack_outputs(stack: str, region: str = "us-east-1") -> Any:
+    """A stubbed CloudFormation client that knows one stack."""
+    cloudformation = boto3.client(
+        "cloudformation", region_name=region, aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stubber = Stubber(cloudformation)
+    stubber.add_response(
+        "describe_stacks",
+        {
+            "Stacks": [
+                {
+                    "StackName": stack,
+                    "CreationTime": "2026-11-24T00:00:00Z",
+                    "StackStatus": "CREATE_COMPLETE",
+                    "Outputs": [
+                        {"OutputKey": "CancelQueueUrl", "OutputValue": f"https://{stack}/queue"},
+                        {"OutputKey": "DeadLetterQueueUrl", "OutputValue": f"https://{stack}/dlq"},
+                    ],
+                }
+            ]
+        },
+        {"StackName": stack},
+    )
+    stubber.activate()
+    return cloudformation
+
+
+def test_a_flag_beats_the_environment_which_beats_the_stack() -> None:
+    env = {"CALLCANCEL_QUEUE_URL": "https://env/queue", "CALLCANCEL_DLQ_URL": "https://env/dlq"}
+    cloudformation = stack_outputs("callcancel-prod")
+
+    assert QueueLocator(queue_url="https://flag/queue", environ=env).cancel_queue() == "https://flag/queue"
+    located = QueueLocator(stack_name="callcancel-prod", environ=env, cloudformation=cloudformation)
+    assert (located.cancel_queue(), located.dead_letter_queue()) == ("https://env/queue", "https://env/dlq")
+    located = QueueLocator(stack_name="callcancel-prod", environ={}, cloudformation=cloudformation)
+    assert (located.cancel_queue(), located.dead_letter_queue()) == (
+        "https://callcancel-prod/queue",
+        "https://callcancel-prod/dlq",
+    ), "one DescribeStacks for both"
+
+
+def test_the_default_stack_and_region_come_from_samconfig_per_config_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert read_samconfig(REPO / "samconfig.toml") == SamConfig("callcancel-dev", "us-east-1")
+    assert read_samconfig(REPO / "samconfig.toml", "prod") == SamConfig("callcancel-prod", "us-east-1")
+    assert read_samconfig(REPO / "no-such.toml") is None
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "samconfig.toml").write_text(
+        'version = 0.1\n[default.global.parameters]\nstack_name = "cc-dev"\n'
+        '[prod.global.parameters]\nstack_name = "cc-prod"\nregion = "eu-west-1"\n'
+    )
+
+    locator = QueueLocator(config_env="prod", environ={}, cloudformation=stack_outputs("cc-prod"))
+
+    assert locator.dead_letter_queue() == "https://cc-prod/dlq"
+    assert (locator.stack_name, locator.region) == ("cc-prod", "eu-west-1")
+    assert QueueLocator(environ={}, cloudformation=stack_outputs("cc-dev")).cancel_queue() == "https://cc-dev/queue"
+
+
+def test_no_queue_anywhere_says_what_to_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(LocateError, match="no queue: pass --queue-url, set CALLCANCEL_QUEUE_URL, or pass --stack-name"):
+        QueueLocator(environ={}).cancel_queue()
+
+
+def test_a_stack_without_the_output_is_named() -> None:
+    cloudformation = boto3.client(
+        "cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    with Stubber(cloudformation) as stubber:
+        stubber.add_response(
+            "describe_stacks",
+            {
+                "Stacks": [
+                    {"StackName": "other", "CreationTime": "2026-11-24T00:00:00Z", "StackStatus": "CREATE_COMPLETE"}
+                ]
+            },
+        )
+        stubber.add_client_error("describe_stacks", "ValidationError", "Stack with id gone does not exist")
+        with pytest.raises(LocateError, match="stack other has no output CancelQueueUrl"):
+            QueueLocator(stack_name="other", environ={}, cloudformation=cloudformation).cancel_queue()
+        with pytest.raises(LocateError, match="no stack gone in us-east-1"):
+            QueueLocator(stack_name="gone", environ={}, cloudformation=cloudformation).cancel_queue()
+
+
+# ---- sending in bulk ----------------------------------------------------------------------------
+
+
+def batch(rows: range) -> list[dict[str, str]]:
+    return [{"Id": str(n), "MessageBody": f'{{"n":{n}}}'} for n in rows]
+
+
+def sent(*rows: int) -> list[dict[str, str]]:
+    return [{"Id": str(n), "MessageId": f"m{n}", "MD5OfMessageBody": "x"} for n in rows]
+
+
+def test_entries_sqs_refuses_are_sent_again_and_those_it_keeps_refusing_are_reported(
+    sqs: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(producer.time, "sleep", lambda _: None)
+    rows = [Row(n, f'{{"n":{n}}}') for n in range(2, 14)]  # rows 2..13: a batch of 10, then one of 2
+    refused = {"Code": "InternalError", "SenderFault": False}
+    with Stubber(sqs) as stubber:
+        stubber.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": str(n), "MessageId": f"m{n}", "MD5OfMessageBody": "x"} for n in range(2, 9)],
+                "Failed": [
+                    {"Id": "9", **refused},
+                    {"Id": "10", **refused},
+                    {"Id": "11", "Code": "InvalidMessageContents", "SenderFault": True},
+                ],
+            },
+            {"QueueUrl": QUEUE_URL, "Entries": batch(range(2, 12))},
+        )
+        stubber.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": "9", "MessageId": "m9", "MD5OfMessageBody": "x"}],
+                "Failed": [{"Id": "10", **refused}],
+            },
+            {"QueueUrl": QUEUE_URL, "Entries": batch(range(9, 11))},
+        )
+        for _ in range(2):
+            stubber.add_response(
+                "send_message_batch",
+                {"Successful": [], "Failed": [{"Id": "10", **refused}]},
+                {"QueueUrl": QUEUE_URL, "Entries": batch(range(10, 11))},
+            )
+        stubber.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": str(n), "MessageId": f"m{n}", "MD5OfMessageBody": "x"} for n in (12, 13)],
+                "Failed": [],
+            },
+            {"QueueUrl": QUEUE_URL, "Entries": batch(range(12, 14))},
+        )
+
+        report = BatchSender(sqs, QUEUE_URL, in_flight=1).send(rows)
+        stubber.assert_no_pending_responses()
+
+    assert report.sent == 10
+    assert report.failed == {10: "InternalError", 11: "InvalidMessageContents"}
+
+
+def test_a_refused_call_fails_its_rows_and_the_others_still_go(sqs: Any) -> None:
+    rows = [Row(n, f'{{"n":{n}}}') for n in range(2, 14)]
+    with Stubber(sqs) as stubber:
+        stubber.add_client_error("send_message_batch", "AWS.SimpleQueueService.NonExistentQueue", "gone")
+        stubber.add_response(
+            "send_message_batch",
+            {
+                "Successful": [{"Id": str(n), "MessageId": f"m{n}", "MD5OfMessageBody": "x"} for n in (12, 13)],
+                "Failed": [],
+            },
+        )
+
+        report = BatchSender(sqs, QUEUE_URL, in_flight=1).send(rows)
+
+    assert report.sent == 2
+    assert report.failed == dict.fromkeys(range(2, 12), "AWS.SimpleQueueService.NonExistentQueue")
+
+
+def test_on_ctrl_c_the_calls_in_flight_finish_no_other_starts_and_every_row_is_accounted_for() -> None:
+    class Sqs:
+        """Answers after a moment, as SQS does, and remembers what it took."""
+
+        def __init__(self) -> None:
+            self.taken: list[int] = []
+
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+            time.sleep(0.01)
+            self.taken += [int(entry["Id"]) for entry in Entries]
+            return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+
+    def interrupt(_: int) -> None:
+        raise KeyboardInterrupt
+
+    sqs = Sqs()
+    rows = [Row(n, f'{{"n":{n}}}') for n in range(2, 502)]  # 50 calls
+
+    report = BatchSender(sqs, QUEUE_URL, in_flight=2).send(rows, on_progress=interrupt)  # type: ignore[arg-type]
+
+    assert report.interrupted
+    assert 10 <= report.sent == len(sqs.taken) < 100
+    assert set(report.failed) == {row.number for row in rows} - set(sqs.taken)
+    assert set(report.failed.values()) == {"interrupted"}
