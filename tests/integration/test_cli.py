@@ -14,9 +14,10 @@ import boto3
 import pytest
 
 import callcancel
+from callcancel import dlq
 from callcancel.cli import main
 from callcancel.dead_letter import DeadLetter
-from callcancel.errors import AuthDenied, CancelFailure, ConfigError, Exhausted, InvalidRequest, NotFound
+from callcancel.errors import AuthDenied, CancelFailure, ConfigError, Exhausted, InvalidRequest, NotFound, Rejected
 from callcancel.queues import peek
 from callcancel_local.embedded_aws import EmbeddedAws
 
@@ -58,6 +59,8 @@ def queues(embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.chdir(tmp_path)  # no samconfig.toml here: every test says where the queues are
     monkeypatch.delenv("CALLCANCEL_QUEUE_URL", raising=False)
     monkeypatch.delenv("CALLCANCEL_DLQ_URL", raising=False)
+    # moto's short poll is exact (one host): the last, empty receive of a redrive need not wait a second.
+    monkeypatch.setattr(dlq, "RECEIVE_WAIT_SECONDS", 0)
     sqs = boto3.client("sqs")
     dlq_url = sqs.create_queue(QueueName="dead-letters")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -277,6 +280,16 @@ def test_dlq_list_prints_one_row_per_letter(
     assert len(rows) == 6
     assert "6 dead letter(s): 1 auth, 2 config, 1 exhausted, 1 not_found, 1 unclassified" in out
     assert queues.depth(queues.dlq_url) == 6, "listing consumes nothing"
+
+
+def test_dlq_list_shows_reasons_as_they_are(queues: Queues, capsys: pytest.CaptureFixture[str]) -> None:
+    # What providers answer ends up in the reason: nothing in it may be read as rich markup or emoji codes.
+    reason = "ryng answered HTTP 400: [bold]Bad [/] request :smile:"
+    message_id = queues.dead_letter(ryng("r-1"), Rejected(reason, http_status=400))
+
+    assert main(["dlq", "list", *queues.flags]) == 0
+
+    assert table_rows(capsys.readouterr().out)[message_id][:5] == ["rejected", "ryng", "acme", "r-1", reason]
 
 
 def test_dlq_list_limit(queues: Queues, letters: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -106,8 +106,10 @@ class Cli:
             region=getattr(args, "region", None),
         )
         # Into a pipe or a file, one line per table row (for grep), however long; a terminal wraps cells.
-        self.out = Console(width=None if sys.stdout.isatty() else 10_000, highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+        # Cells hold producers' and providers' text: never read it as rich markup ("[/]") or emoji codes.
+        plain: dict[str, Any] = {"highlight": False, "markup": False, "emoji": False}
+        self.out = Console(width=None if sys.stdout.isatty() else 10_000, **plain)
+        self.err = Console(stderr=True, **plain)
 
     @functools.cached_property
     def _session(self) -> boto3.Session:

@@ -27,6 +27,8 @@ CLASSES = (*(str(c) for c in FailureClass), UNCLASSIFIED)
 Action = Callable[[list["MessageTypeDef"]], dict[str, str]]
 HIDE_SECONDS = 300  # while a run holds a message: long enough for the slowest sweep of a full queue
 MOVE_TASK_POLL_SECONDS = 2.0
+# Long polling: SQS then asks all its hosts, so an empty answer means an empty queue, not an unlucky sample.
+RECEIVE_WAIT_SECONDS = 1
 
 
 def list_letters(sqs: "SQSClient", dlq_url: str, limit: int = 100) -> list[StoredDeadLetter]:
@@ -70,7 +72,7 @@ def _receive(sqs: "SQSClient", dlq_url: str) -> list["MessageTypeDef"]:
         MaxNumberOfMessages=10,
         VisibilityTimeout=HIDE_SECONDS,
         MessageAttributeNames=["All"],
-        WaitTimeSeconds=1,  # long polling: an empty answer means an empty queue, not an unlucky sample
+        WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
     ).get("Messages", [])
 
 
