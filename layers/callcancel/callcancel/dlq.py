@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 
 from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter
 from callcancel.errors import FailureClass
-from callcancel.peek import peek
+from callcancel.peek import peek, show_again
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -97,7 +97,7 @@ def _sweep(sqs: "SQSClient", dlq_url: str, failure_class: str | None, act: Actio
                 for message_id in _act(sweep, act, matching):
                     del held[message_id]
     finally:
-        _show_again(sqs, dlq_url, list(held.values()))
+        show_again(sqs, dlq_url, list(held.values()))
     return sweep
 
 
@@ -108,17 +108,6 @@ def _act(sweep: Sweep, act: Action, messages: list["MessageTypeDef"]) -> list[st
     gone = [m["MessageId"] for m in messages if m["MessageId"] not in failed]
     sweep.done += len(gone)
     return gone
-
-
-def _show_again(sqs: "SQSClient", queue_url: str, handles: list[str]) -> None:
-    for start in range(0, len(handles), 10):
-        sqs.change_message_visibility_batch(
-            QueueUrl=queue_url,
-            Entries=[
-                {"Id": str(i), "ReceiptHandle": handle, "VisibilityTimeout": 0}
-                for i, handle in enumerate(handles[start : start + 10])
-            ],
-        )
 
 
 def _delete(sqs: "SQSClient", dlq_url: str, messages: list["MessageTypeDef"]) -> dict[str, str]:

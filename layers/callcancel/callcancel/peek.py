@@ -36,6 +36,12 @@ def peek(client: "SQSClient", queue_url: str, limit: int = 100) -> list[dict[str
                 for k, v in message.get("MessageAttributes", {}).items()
             }
             seen[message["MessageId"]] = {"message_id": message["MessageId"], "body": message["Body"], **attributes}
+    show_again(client, queue_url, handles)
+    return list(seen.values())
+
+
+def show_again(client: "SQSClient", queue_url: str, handles: list[str]) -> None:
+    """Make received messages visible again at once, 10 per call."""
     for start in range(0, len(handles), 10):
         client.change_message_visibility_batch(
             QueueUrl=queue_url,
@@ -44,4 +50,3 @@ def peek(client: "SQSClient", queue_url: str, limit: int = 100) -> list[dict[str
                 for i, handle in enumerate(handles[start : start + 10])
             ],
         )
-    return list(seen.values())
