@@ -360,7 +360,7 @@ def test_redrive_by_class_moves_only_that_class_byte_for_byte(
     assert left == {letters[name] for name in ("auth", "exhausted", "not_found", "crashed")}
     out = capsys.readouterr().out
     assert "2 dead letter(s) moved to CancelQueue: 2 config" in out
-    assert "4 dead letter(s) left on the DLQ" in out
+    assert "left 4 dead letter(s) on the DLQ" in out
 
 
 def test_redrive_of_all_moves_everything(
@@ -376,7 +376,7 @@ def test_redrive_of_all_moves_everything(
     # moto has no StartMessageMoveTask (HTTP 500): the CLI moved them one by one instead.
     out = capsys.readouterr().out
     assert "6 dead letter(s) moved to CancelQueue: 1 auth, 2 config, 1 exhausted, 1 not_found, 1 unclassified" in out
-    assert "0 dead letter(s) left on the DLQ" in out
+    assert "left 0 dead letter(s) on the DLQ" in out
 
 
 def test_dry_runs_move_and_delete_nothing(
@@ -388,11 +388,11 @@ def test_dry_runs_move_and_delete_nothing(
 
     assert capsys.readouterr().out.splitlines() == [
         "dry run: would move 6 dead letter(s): 1 auth, 2 config, 1 exhausted, 1 not_found, 1 unclassified",
-        "0 dead letter(s) left on the DLQ",
+        "would leave 0 dead letter(s) on the DLQ",
         "dry run: would move 1 dead letter(s): 1 auth",
-        "5 dead letter(s) left on the DLQ",
+        "would leave 5 dead letter(s) on the DLQ",
         "dry run: would delete 6 dead letter(s): 1 auth, 2 config, 1 exhausted, 1 not_found, 1 unclassified",
-        "0 dead letter(s) left on the DLQ",
+        "would leave 0 dead letter(s) on the DLQ",
     ]
     assert queues.depth(queues.dlq_url) == 6
     assert queues.depth(queues.queue_url) == 0
@@ -406,7 +406,7 @@ def test_discard_deletes_only_that_class(
     left = {m["message_id"] for m in peek(queues.sqs, queues.dlq_url)}
     assert left == {letters[name] for name in ("auth", "config", "config2", "exhausted", "crashed")}
     assert queues.depth(queues.queue_url) == 0
-    assert capsys.readouterr().out == "1 dead letter(s) deleted: 1 not_found\n5 dead letter(s) left on the DLQ\n"
+    assert capsys.readouterr().out == "1 dead letter(s) deleted: 1 not_found\nleft 5 dead letter(s) on the DLQ\n"
 
 
 def test_discard_needs_a_class_or_all(queues: Queues, capsys: pytest.CaptureFixture[str]) -> None:

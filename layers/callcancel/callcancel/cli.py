@@ -207,7 +207,8 @@ class Cli:
         else:
             print(f"{sweep.done} dead letter(s) {done}{': ' + by_class if by_class else ''}")
         if not sweep.move_task:
-            print(f"{sweep.kept + len(sweep.failed)} dead letter(s) left on the DLQ")
+            left = sweep.kept + len(sweep.failed)
+            print(f"{'would leave' if sweep.dry_run else 'left'} {left} dead letter(s) on the DLQ")
         for line in capped([f"not handled: {message_id}: {why}" for message_id, why in sweep.failed.items()]):
             print(line, file=sys.stderr)
         return 1 if sweep.failed else 0
