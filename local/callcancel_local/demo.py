@@ -21,6 +21,8 @@ from typing import Any
 
 import boto3
 
+from callcancel.cli import main as callcancel_cli
+from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.runner import EventSourceRunner
 from callcancel_local.simulator import ProviderSimulator
@@ -159,9 +161,6 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     digest = alert_digest(stack, runner)
     fix = fix_config_failure(stack, runner, digest["Message"])
 
-    # Imported late: the worker's logger must be created by the runner, with the function's own stdout.
-    from callcancel.queues import peek  # noqa: PLC0415
-
     worker = runner.output["CancelWorker"]
     return stack, DemoReport(
         published=len(bodies),
@@ -179,8 +178,6 @@ def fix_config_failure(
     stack: DeployedStack, runner: EventSourceRunner, digest: str, accounts: DemoAccounts = DemoAccounts()
 ) -> OperatorFix:
     """Do what the digest says for `config`: create the secret its reason names, run its command, drain."""
-    from callcancel.cli import main as callcancel  # noqa: PLC0415  (late, as peek: after the runner loaded the worker)
-
     [command] = [
         line.strip()
         for line in digest.splitlines()
@@ -192,7 +189,7 @@ def fix_config_failure(
     dead_letters = _depth(stack.outputs["DeadLetterQueueUrl"])
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
-        status = callcancel(shlex.split(command)[1:])
+        status = callcancel_cli(shlex.split(command)[1:])
     redriven = dead_letters - _depth(stack.outputs["DeadLetterQueueUrl"])
     runner.run_until_drained(timeout=60)
     return OperatorFix(secret, command, output.getvalue().strip(), status, redriven)

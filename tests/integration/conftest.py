@@ -12,7 +12,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from botocore.client import BaseClient
 
-from callcancel.queues import peek
+from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator

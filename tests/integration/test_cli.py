@@ -18,7 +18,7 @@ from callcancel import dlq
 from callcancel.cli import main
 from callcancel.dead_letter import DeadLetter
 from callcancel.errors import AuthDenied, CancelFailure, ConfigError, Exhausted, InvalidRequest, NotFound, Rejected
-from callcancel.queues import peek
+from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import boto3
 from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter
 from callcancel.errors import FailureClass
 from callcancel.observability import logger
-from callcancel.queues import peek
+from callcancel.peek import peek
 from callcancel.settings import DigestSettings
 
 if TYPE_CHECKING:

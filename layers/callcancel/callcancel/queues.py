@@ -8,12 +8,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from callcancel.dead_letter import DeadLetter
 from callcancel.observability import logger
-from callcancel.peek import peek
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
-
-__all__ = ["WorkerQueues", "peek"]  # peek lives in callcancel.peek; the digest, the demo and tests import it here
 
 
 class WorkerQueues:
