@@ -186,20 +186,14 @@ def fix_config_failure(
     secret = "callcancel/ryng/initech"  # noqa: S105  (a secret name)
     value = {"subdomain": "initech", "access_token": accounts.initech_token}
     boto3.client("secretsmanager").create_secret(Name=secret, SecretString=json.dumps(value))
-    dead_letters = _depth(stack.outputs["DeadLetterQueueUrl"])
+    sqs, dlq_url = boto3.client("sqs"), stack.outputs["DeadLetterQueueUrl"]
+    dead_letters = len(peek(sqs, dlq_url))
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         status = callcancel_cli(shlex.split(command)[1:])
-    redriven = dead_letters - _depth(stack.outputs["DeadLetterQueueUrl"])
+    redriven = dead_letters - len(peek(sqs, dlq_url))
     runner.run_until_drained(timeout=60)
     return OperatorFix(secret, command, output.getvalue().strip(), status, redriven)
-
-
-def _depth(queue_url: str) -> int:
-    attributes = boto3.client("sqs").get_queue_attributes(
-        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return sum(int(value) for value in attributes.values())
 
 
 def dead_letter_alarm_event(stack_name: str) -> dict[str, Any]:

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from callcancel.dead_letter import DeadLetter
-from callcancel.errors import Exhausted, InvalidRequest, NotFound
+from callcancel.dead_letter import ATTRIBUTES, DeadLetter
+from callcancel.errors import Exhausted, InvalidRequest, NotFound, Rejected
 from callcancel.settings import Settings
 
 
@@ -82,3 +82,9 @@ def test_provider_messages_are_cut_to_256_and_made_sqs_safe() -> None:
     value = attributes(DeadLetter("x", failure, 5, "m"))["provider_message"]
     assert len(value) == 256
     assert value.startswith("?bad?y")
+
+
+def test_dead_letter_attributes_are_the_contracts_in_its_order() -> None:
+    failure = Rejected("ryng answered HTTP 400", http_status=400, provider_message="Bad request")
+
+    assert tuple(DeadLetter("{}", failure, 1, "m-1").message_attributes()) == ATTRIBUTES

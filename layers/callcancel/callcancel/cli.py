@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from callcancel import dlq
-from callcancel.dead_letter import StoredDeadLetter
+from callcancel.dead_letter import ATTRIBUTES, StoredDeadLetter
 from callcancel.errors import InvalidRequest
 from callcancel.locate import DLQ_URL_ENV, QUEUE_URL_ENV, LocateError, QueueLocator
 from callcancel.producer import CSV_COLUMNS, InvalidCsv, capped, encode, publish, publish_rows, read_csv_file
@@ -224,20 +224,9 @@ def _age(age: timedelta | None) -> str:
     return f"{seconds}s"
 
 
-# The dead-letter contract's attributes first, in its order; any others after them.
-_CONTRACT = (
-    "failure_class",
-    "failure_reason",
-    "attempts",
-    "source_message_id",
-    "failed_at",
-    "http_status",
-    "provider_message",
-)
-
-
 def _attribute_order(name: str) -> tuple[int, str]:
-    return (_CONTRACT.index(name) if name in _CONTRACT else len(_CONTRACT), name)
+    # The contract's attributes first, in its order; any others after them.
+    return (ATTRIBUTES.index(name) if name in ATTRIBUTES else len(ATTRIBUTES), name)
 
 
 def _describe(item: dict[str, Any]) -> str:

@@ -13,6 +13,16 @@ from typing import Any
 from callcancel.errors import CancelFailure
 
 PROVIDER_MESSAGE_MAX = 256
+# The contract's message attributes, in its order.
+ATTRIBUTES = (
+    "failure_class",
+    "failure_reason",
+    "attempts",
+    "source_message_id",
+    "failed_at",
+    "http_status",
+    "provider_message",
+)
 _REASON_MAX = 1024
 # SQS accepts only these characters in attribute values; provider bodies can hold anything.
 _NOT_SQS_TEXT = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
