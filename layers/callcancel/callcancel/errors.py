@@ -55,7 +55,11 @@ class Exhausted(CancelFailure):
 
 
 class TransientFailure(Exception):
-    """Worth retrying later: 408, 429, 5xx, timeouts, connection errors, AWS hiccups."""
+    """Worth retrying later: 408, 429, 5xx, timeouts, connection errors, AWS hiccups.
+
+    `ambiguous`: the request may have reached the provider and been carried out (a read timeout, a connection
+    dropped after the request was sent), so a later "does not exist" may be our own earlier cancel.
+    """
 
     def __init__(
         self,
@@ -64,12 +68,14 @@ class TransientFailure(Exception):
         http_status: int | None = None,
         provider_message: str | None = None,
         retry_after: float | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.http_status = http_status
         self.provider_message = provider_message
         self.retry_after = retry_after
+        self.ambiguous = ambiguous
 
     def exhausted(self, attempts: int) -> Exhausted:
         return Exhausted(
