@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 
 from callcancel.deferred import iso_utc
 from callcancel.errors import InvalidPurgePlan, PurgeError
@@ -18,6 +19,24 @@ pytestmark = pytest.mark.integration
 RYNG = {"provider": "ryng", "account": "acme"}
 PLUM = {"provider": "plum", "account": "acme", "application_id": "app1", "deployment_id": "dep1"}
 LONG_AGO = "2026-01-01T00:00:00.000000Z"
+
+
+def throttled(operation: str) -> ClientError:
+    return ClientError({"Error": {"Code": "ThrottlingException", "Message": "injected"}}, operation)
+
+
+def is_delete(operation: str, params: dict[str, Any]) -> bool:
+    """A removal from the deferred table, however it is sent."""
+    if operation == "DeleteItem":
+        return True
+    requests = params.get("RequestItems", {}).values() if operation == "BatchWriteItem" else []
+    return any("DeleteRequest" in request for batch in requests for request in batch)
+
+
+def forget_idempotency(purge: PurgeStack) -> None:
+    """What 24 hours do to the worker's idempotency records: they expire."""
+    for item in purge.dynamodb.scan(TableName="idempotency")["Items"]:
+        purge.dynamodb.delete_item(TableName="idempotency", Key={"id": item["id"]})
 
 
 def deferred_item(item_id: str, body: dict[str, object], deferred_at: str = LONG_AGO) -> dict[str, str]:
@@ -64,14 +83,15 @@ def test_thousands_of_deferred_requests_are_paged_batched_and_deleted(
     # When the purge runs
     result = purge.run()
 
-    # Then every one is enqueued once, 10 per SendMessageBatch, over several scan pages, and deleted
+    # Then every one is enqueued once, 10 per SendMessageBatch, over several scan pages, then marked and
+    # deleted, at most 10 per BatchWriteItem
     assert result["enqueued"] == {"ryng": 1200}
     assert result["deferred_enqueued"] == 1200
     assert [len(batch) for batch in sqs_sink] == [10] * 120
     call_ids = {json.loads(body)["call_id"] for batch in sqs_sink for body in batch}
     assert call_ids == {f"c-{n}" for n in range(1200)}
     assert aws_calls.count("Scan") >= 3
-    assert aws_calls.count("DeleteItem") == 1200
+    assert aws_calls.count("BatchWriteItem") == 2 * 120
     assert purge.deferred_ids() == set()
 
 
@@ -203,3 +223,86 @@ def test_without_a_deferred_table_a_nightly_request_is_dead_lettered(
     [letter] = stack.dead_letters()
     assert letter["failure_class"] == "config"
     assert simulator.calls() == []
+
+
+def test_a_request_enqueued_but_not_removed_is_not_sent_again_the_next_night(
+    purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a request deferred to tonight, and a night whose removals from the deferred table all fail
+    simulator.add_ryng_calls("acme", "c-1")
+    stack.send({**RYNG, "call_id": "c-1", "when": "nightly"})
+    stack.run_until_empty()
+    make_api_call = BaseClient._make_api_call
+
+    def deletes_fail(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if is_delete(operation, params):
+            raise throttled(operation)
+        return make_api_call(client, operation, params)
+
+    with monkeypatch.context() as night_one:
+        night_one.setattr(BaseClient, "_make_api_call", deletes_fail)
+        with pytest.raises(ClientError):
+            purge.run({"time": "2026-11-23T20:30:00Z"})
+    stack.run_until_empty()
+    assert simulator.cancelled("ryng") == ["c-1"]
+
+    # When the worker's idempotency record has expired, and the next night's purge runs
+    forget_idempotency(purge)
+    result = purge.run({"time": "2026-11-24T20:30:00Z"})
+    stack.run_until_empty()
+
+    # Then the request was not sent again: one provider call, no dead letter, and the deferral is gone
+    assert len(simulator.calls()) == 1
+    assert stack.dead_letters() == []
+    assert result["total"] == 0
+    assert result["deferred_already_enqueued"] == 1
+    assert purge.deferred_ids() == set()
+
+
+class Died(BaseException):
+    """The invocation ends here, the way a kill ends it: no handler of ours runs."""
+
+
+STEPS = {
+    "send": lambda operation, params: operation == "SendMessageBatch",
+    "mark": lambda operation, params: operation == "BatchWriteItem" and not is_delete(operation, params),
+    "delete": is_delete,
+}
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_a_purge_that_dies_after_any_step_is_finished_by_the_rerun_with_one_cancel_each(
+    purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    # Given 25 requests deferred to tonight
+    call_ids = [f"c-{n}" for n in range(25)]
+    simulator.add_ryng_calls("acme", *call_ids)
+    for call_id in call_ids:
+        stack.send({**RYNG, "call_id": call_id, "when": "nightly"})
+    stack.run_until_empty()
+    make_api_call = BaseClient._make_api_call
+    seen: list[str] = []
+
+    def dies_after_the_second(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        response = make_api_call(client, operation, params)
+        if STEPS[step](operation, params):
+            seen.append(operation)
+            if len(seen) == 2:
+                raise Died(step)
+        return response
+
+    # When the purge dies right after its second call of that step has been carried out, the worker drains the
+    # queue, and the night's retry runs the purge again
+    with monkeypatch.context() as dying:
+        dying.setattr(BaseClient, "_make_api_call", dies_after_the_second)
+        with pytest.raises(Died):
+            purge.run()
+    stack.run_until_empty()
+    purge.run()
+    stack.run_until_empty()
+
+    # Then each call was cancelled exactly once, nothing was dead-lettered, and the table is empty
+    assert sorted(simulator.cancelled("ryng")) == sorted(call_ids)
+    assert len(simulator.calls()) == 25
+    assert stack.dead_letters() == []
+    assert purge.deferred_ids() == set()

@@ -344,7 +344,7 @@ def test_purge_role_is_its_own_and_least_privilege(
         ("sqs:SendMessage", str(arn_of("CancelQueue"))),
         ("sqs:SendMessage", str(arn_of("PurgeFailures"))),
         ("dynamodb:Scan", str(arn_of("DeferredTable"))),
-        ("dynamodb:DeleteItem", str(arn_of("DeferredTable"))),
+        ("dynamodb:BatchWriteItem", str(arn_of("DeferredTable"))),
     }
 
 

@@ -1,15 +1,22 @@
 """The deferred-cancel store: requests with `when: nightly`, held in DynamoDB until the nightly purge."""
 
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any, cast
+
+from callcancel.errors import PurgeError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodb.type_defs import WriteRequestTypeDef
 
 # Items read per scan page: bounds the work between two deletes and the memory a page holds.
 SCAN_PAGE_LIMIT = 500
+# BatchWriteItem takes at most 25 requests; unprocessed ones are retried with a short backoff.
+WRITE_BATCH = 25
+WRITE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -17,10 +24,12 @@ class DeferredItem:
     id: str
     body: str
     deferred_at: str
+    # The purge date on which the nightly purge put this request on CancelQueue; None until then.
+    enqueued_on: str | None = None
 
 
 class DeferredStore:
-    """Items `{id, body, deferred_at}`; `id` is the request's idempotency key, so a redelivery overwrites."""
+    """Items `{id, body, deferred_at[, enqueued_on]}`; `id` is the request's idempotency key."""
 
     def __init__(self, client: "DynamoDBClient", table: str) -> None:
         self._client = client
@@ -44,15 +53,56 @@ class DeferredStore:
         while True:
             page = self._client.scan(**kwargs)
             yield [
-                DeferredItem(id=i["id"]["S"], body=i["body"]["S"], deferred_at=i["deferred_at"]["S"])
+                DeferredItem(
+                    id=i["id"]["S"],
+                    body=i["body"]["S"],
+                    deferred_at=i["deferred_at"]["S"],
+                    enqueued_on=i["enqueued_on"]["S"] if "enqueued_on" in i else None,
+                )
                 for i in page.get("Items", [])
             ]
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
-    def delete(self, item_id: str) -> None:
-        self._client.delete_item(TableName=self._table, Key={"id": {"S": item_id}})
+    def mark_enqueued(self, items: Sequence[DeferredItem], purge_date: date) -> None:
+        """Record that these requests are on CancelQueue, so that no later purge sends them again.
+
+        A whole-item put, not a conditional update: BatchWriteItem takes 25 at a time, where UpdateItem would
+        be one call per item. It rewrites the item as read; only the purge removes items, and the worker never
+        replaces one that exists.
+        """
+        self._write(
+            {
+                "PutRequest": {
+                    "Item": {
+                        "id": {"S": item.id},
+                        "body": {"S": item.body},
+                        "deferred_at": {"S": item.deferred_at},
+                        "enqueued_on": {"S": purge_date.isoformat()},
+                    }
+                }
+            }
+            for item in items
+        )
+
+    def delete(self, item_ids: Sequence[str]) -> None:
+        self._write({"DeleteRequest": {"Key": {"id": {"S": item_id}}}} for item_id in item_ids)
+
+    def _write(self, requests: Iterable["WriteRequestTypeDef"]) -> None:
+        """BatchWriteItem, 25 at a time; unprocessed requests are retried, and raise if DynamoDB keeps them."""
+        pending: list[WriteRequestTypeDef] = list(requests)
+        while pending:
+            batch, pending = pending[:WRITE_BATCH], pending[WRITE_BATCH:]
+            for attempt in range(WRITE_ATTEMPTS):
+                unprocessed = self._client.batch_write_item(RequestItems={self._table: batch})
+                # The output shape of a write request is the input shape; only the stubs' names differ.
+                batch = cast("list[WriteRequestTypeDef]", unprocessed.get("UnprocessedItems", {}).get(self._table, []))
+                if not batch:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            else:
+                raise PurgeError(f"DynamoDB left {len(batch)} deferred-table writes unprocessed")
 
 
 def iso_utc(moment: datetime) -> str:

@@ -10,7 +10,6 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
@@ -63,12 +62,15 @@ def load_plan(parameter_name: str, max_age: int) -> PurgePlan:
 class PurgeResult:
     enqueued: Counter[str] = field(default_factory=Counter)
     deferred_enqueued: int = 0
+    # Marked as enqueued by an earlier run that could not delete them: removed, not sent again.
+    deferred_already_enqueued: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "enqueued": dict(self.enqueued),
             "total": sum(self.enqueued.values()),
             "deferred_enqueued": self.deferred_enqueued,
+            "deferred_already_enqueued": self.deferred_already_enqueued,
         }
 
 
@@ -110,7 +112,6 @@ class NightlyPurge:
         self._settings = settings
         self._enqueuer = enqueuer
         self._deferred = deferred
-        self._executor = ThreadPoolExecutor(max_workers=SQS_BATCH, thread_name_prefix="purge")
 
     def run(self, event: dict[str, Any], now: datetime | None = None) -> dict[str, Any]:
         started = now or datetime.now(UTC)
@@ -136,16 +137,28 @@ class NightlyPurge:
         return Outgoing(target.provider, json.dumps(body))
 
     def _purge_deferred(self, store: DeferredStore, purge_date: date, started: datetime, result: PurgeResult) -> None:
+        """Send, then mark, then delete; a crash at any step leaves each request on the queue at least once.
+
+        - Dies before the send: the item is untouched; the next run sends it.
+        - Dies between the send and the mark: the item is unmarked, so the next run sends it again. A rerun of
+          the same night (Lambda's and Scheduler's retries, within the hour) reuses the deferral's request_id,
+          which the worker's 24 h idempotency dedupes. Only a run that never succeeds that night leaves it to
+          the next night, which may call the provider a second time: the one double this order allows.
+        - Dies between the mark and the delete, or the delete fails: the item is marked, so any later run
+          deletes it without sending it again, after the worker's idempotency record has expired.
+        """
         # A request deferred after the purge started waits for the next night.
         for page in store.pages(deferred_until=iso_utc(started)):
             for start in range(0, len(page), SQS_BATCH):
                 chunk = page[start : start + SQS_BATCH]
-                messages = [self._deferred_message(item) for item in chunk]
+                fresh = [item for item in chunk if item.enqueued_on is None]
+                messages = [self._deferred_message(item) for item in fresh]
                 self._enqueuer.send(messages)
-                # Deleted only once its request is safely on the queue.
-                list(self._executor.map(store.delete, [item.id for item in chunk]))
+                store.mark_enqueued(fresh, purge_date)
+                store.delete([item.id for item in chunk])
                 result.enqueued.update(m.provider for m in messages)
                 result.deferred_enqueued += len(messages)
+                result.deferred_already_enqueued += len(chunk) - len(fresh)
 
     @staticmethod
     def _deferred_message(item: DeferredItem) -> Outgoing:
@@ -157,8 +170,8 @@ class NightlyPurge:
             return Outgoing("unknown", item.body)
         body = json.loads(item.body)
         body["when"] = "now"
-        # The deferral's own key (its request_id, or the original message id) stays the idempotency key on
-        # every night: a purge that fails between enqueue and delete cannot cancel it twice on the next one.
+        # The deferral's own key (its request_id, or the original message id) stays the idempotency key, so a
+        # rerun of the same night is deduped by the worker.
         body.setdefault("request_id", item.id)
         return Outgoing(request.provider, json.dumps(body))
 
