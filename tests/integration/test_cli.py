@@ -439,3 +439,19 @@ def test_the_installed_entry_point_runs_against_the_same_queues(queues: Queues) 
     assert result.returncode == 0, result.stderr
     [message] = peek(queues.sqs, queues.queue_url)
     assert result.stdout.strip() == message["message_id"]
+
+
+def test_publish_csv_with_an_unterminated_quote_names_the_row_and_sends_nothing(
+    queues: Queues, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The quote opened in row 2's reason never closes: read loosely, row 3 became part of that reason.
+    csv_file = tmp_path / "cancels.csv"
+    csv_file.write_text('provider,account,call_id,reason\nryng,acme,r-1,"late\nryng,acme,r-2,\n')
+
+    status = main(["publish", "--csv", str(csv_file), *queues.flags])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("row 2: ")
+    assert "1 invalid row(s); nothing sent" in err
+    assert queues.depth(queues.queue_url) == 0

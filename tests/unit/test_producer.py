@@ -15,6 +15,12 @@ from callcancel.locate import LocateError, QueueLocator, SamConfig, read_samconf
 from callcancel.producer import CSV_COLUMNS, BatchSender, InvalidCsv, Row, encode, publish, read_csv
 
 HEADER = ",".join(CSV_COLUMNS)
+
+
+def csv_bytes(text: str) -> io.BytesIO:
+    return io.BytesIO(text.encode())
+
+
 REPO = Path(__file__).resolve().parents[2]
 QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/cancel-requests"
 
@@ -31,7 +37,7 @@ def sqs(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 
 def test_a_good_file_gives_the_exact_bodies_with_empty_cells_absent() -> None:
-    lines = io.StringIO(f"{HEADER}\nryng,acme,r-1,,,,,\nplum,acme,,7001,3,nightly,quiet hours,crm-9\n")
+    lines = csv_bytes(f"{HEADER}\nryng,acme,r-1,,,,,\nplum,acme,,7001,3,nightly,quiet hours,crm-9\n")
 
     assert read_csv(lines) == [
         Row(2, '{"provider":"ryng","account":"acme","call_id":"r-1"}'),
@@ -44,17 +50,71 @@ def test_a_good_file_gives_the_exact_bodies_with_empty_cells_absent() -> None:
 
 
 def test_columns_may_be_a_subset_in_any_order_and_cells_may_be_quoted() -> None:
-    lines = io.StringIO('call_id,account,provider,reason\nr-1,acme,ryng,"late, and\ntwo lines"\nr-2,acme,ryng\n')
+    lines = csv_bytes('call_id,account,provider,reason\nr-1,acme,ryng,"late, and ""soon"""\r\nr-2,acme,ryng')
 
     assert read_csv(lines) == [
-        Row(2, '{"call_id":"r-1","account":"acme","provider":"ryng","reason":"late, and\\ntwo lines"}'),
+        Row(2, '{"call_id":"r-1","account":"acme","provider":"ryng","reason":"late, and \\"soon\\""}'),
         Row(3, '{"call_id":"r-2","account":"acme","provider":"ryng"}'),
+    ]
+
+
+def test_an_unterminated_quote_is_an_error_on_its_row_and_never_swallows_the_next() -> None:
+    # Read loosely, row 3 became the end of row 2's reason, and the file seemed to hold one valid row.
+    lines = csv_bytes('provider,account,call_id,reason\nryng,acme,r-1,"late\nryng,acme,r-2,\nryng,acme,r-3,ok\n')
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(lines)
+
+    assert [line.split(":")[0] for line in error.value.errors] == ["row 2"]
+    assert "a quoted cell must close on its own line" in error.value.errors[0]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        'ryng,acme,r-1,"two\nlines"',  # a quoted line break: each line is a record, so the quote is left open
+        'ryng,acme,r-1,"two\r\nlines"',
+        'ryng,acme,r-1,"a carriage\rreturn"',
+        'ryng,acme,r-1,"closed"then more',
+    ],
+)
+def test_no_cell_holds_a_line_break_and_every_line_is_one_record(row: str) -> None:
+    text = f"provider,account,call_id,reason\n{row}\nryng,acme,r-9,\n"
+    last = text.count("\n")  # the row number of the good line at the end
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(csv_bytes(text))
+
+    assert error.value.errors[0].startswith("row 2: "), error.value.errors
+    assert not [line for line in error.value.errors if line.startswith(f"row {last}:")], "the last line is its own row"
+
+
+def test_rows_are_the_lines_of_the_file_however_they_end() -> None:
+    text = "provider,account,call_id\r\nryng,acme,r-1\n\nryng,acme,r-2\r\nryng,acme,r-3"
+
+    assert [row.number for row in read_csv(csv_bytes(text))] == [2, 4, 5]
+
+
+def test_text_that_is_not_utf_8_and_overlong_lines_are_named_by_row() -> None:
+    data = io.BytesIO(
+        b"provider,account,call_id,reason\nryng,acme,r-1,caf\xe9\n"
+        + b"ryng,acme,r-2,"
+        + b"x" * (producer.MAX_LINE_BYTES + 10)
+        + b"\nryng,acme,r-3,\n"
+    )
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(data)
+
+    assert error.value.errors == [
+        "row 2: not UTF-8 text: save the file as CSV UTF-8",
+        f"row 3: longer than {producer.MAX_LINE_BYTES} bytes",
     ]
 
 
 def test_every_bad_row_is_named_with_its_field_as_a_spreadsheet_numbers_it() -> None:
     # Row 4 is blank (skipped, still counted); row 7 is "ryng,acme" with a cell too many.
-    lines = io.StringIO(
+    lines = csv_bytes(
         f"{HEADER}\nryng,acme,r-1,,,,,\nryng,acme,,,,,,\n\nplum,ACME,,1,2,,,\nryng,acme,r-2,,,later,,\n"
         "ryng,acme,r-3,,,,,,extra\n,,,,,,,\nplum,acme,,7001,,,,\n"
     )
@@ -73,26 +133,36 @@ def test_every_bad_row_is_named_with_its_field_as_a_spreadsheet_numbers_it() -> 
 
 def test_a_field_the_provider_does_not_take_is_an_error() -> None:
     with pytest.raises(InvalidCsv, match="row 2: call_id: unknown field"):
-        read_csv(io.StringIO(f"{HEADER}\nplum,acme,r-1,7001,3,,,\n"))
+        read_csv(csv_bytes(f"{HEADER}\nplum,acme,r-1,7001,3,,,\n"))
 
 
 def test_the_header_must_name_known_columns_once() -> None:
     with pytest.raises(InvalidCsv, match=r"row 1: unknown column\(s\) callid; the columns are provider,account"):
-        read_csv(io.StringIO("provider,account,callid\nryng,acme,r-1\n"))
+        read_csv(csv_bytes("provider,account,callid\nryng,acme,r-1\n"))
     with pytest.raises(InvalidCsv, match=r"row 1: column\(s\) account given twice"):
-        read_csv(io.StringIO("provider,account,call_id,account\nryng,acme,r-1,acme\n"))
+        read_csv(csv_bytes("provider,account,call_id,account\nryng,acme,r-1,acme\n"))
     with pytest.raises(InvalidCsv, match="row 1: no header"):
-        read_csv(io.StringIO(""))
+        read_csv(csv_bytes(""))
 
 
 def test_many_errors_are_capped_in_the_message_but_all_kept() -> None:
-    lines = io.StringIO(HEADER + "\n" + "ryng,acme,,,,,,\n" * 50)
+    lines = csv_bytes(HEADER + "\n" + "ryng,acme,,,,,,\n" * 50)
 
     with pytest.raises(InvalidCsv) as error:
         read_csv(lines)
 
-    assert len(error.value.errors) == 50
+    assert len(error.value.errors) == error.value.count == 50
     assert str(error.value).splitlines()[-2:] == ["row 21: call_id: Field required", "... and 30 more"]
+
+
+def test_a_huge_file_of_bad_rows_keeps_a_bounded_list_and_the_full_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(producer, "MAX_ERRORS_KEPT", 30)
+
+    with pytest.raises(InvalidCsv) as error:
+        read_csv(csv_bytes(HEADER + "\n" + "ryng,acme,,,,,,\n" * 50))
+
+    assert (len(error.value.errors), error.value.count) == (30, 50)
+    assert str(error.value).splitlines()[-1] == "... and 30 more"
 
 
 def test_a_file_from_a_spreadsheet_with_a_byte_order_mark_reads(tmp_path: Path) -> None:

@@ -259,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return Cli(args).run()
     except InvalidCsv as exc:
-        print(f"{exc}\nerror: {len(exc.errors)} invalid row(s); nothing sent", file=sys.stderr)
+        print(f"{exc}\nerror: {exc.count} invalid row(s); nothing sent", file=sys.stderr)
     except InvalidRequest as exc:
         print(f"error: {exc}; nothing sent", file=sys.stderr)
     except LocateError as exc:

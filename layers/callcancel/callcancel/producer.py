@@ -7,11 +7,11 @@ import csv
 import functools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,6 +29,9 @@ SQS_BATCH = 10
 IN_FLIGHT = 8  # SendMessageBatch calls at once: 10,000 rows are 1,000 calls
 RETRIES = 3  # for entries SQS refuses for its own reasons (not the sender's)
 MAX_ERRORS_SHOWN = 20
+MAX_ERRORS_KEPT = 1000  # a file of a million bad rows must not hold a million messages
+# A valid row is under 5 KB (a reason of 500 characters, quoted); a longer line is refused unread.
+MAX_LINE_BYTES = 64 * 1024
 
 
 def encode(fields: Mapping[str, Any]) -> str:
@@ -75,11 +78,16 @@ def capped(lines: Sequence[str], limit: int = MAX_ERRORS_SHOWN) -> list[str]:
 
 
 class InvalidCsv(Exception):
-    """Rows that are not valid cancel requests: nothing was sent."""
+    """Rows that are not valid cancel requests: nothing was sent.
 
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(capped(errors)))
-        self.errors = errors
+    `errors` keeps the first MAX_ERRORS_KEPT; `count` says how many rows were bad in all.
+    """
+
+    def __init__(self, errors: list[str], count: int | None = None) -> None:
+        self.errors = errors[:MAX_ERRORS_KEPT]
+        self.count = len(errors) if count is None else count
+        more = self.count - MAX_ERRORS_SHOWN
+        super().__init__("\n".join([*self.errors[:MAX_ERRORS_SHOWN], *([f"... and {more} more"] if more > 0 else [])]))
 
 
 class Row(NamedTuple):
@@ -87,10 +95,48 @@ class Row(NamedTuple):
     body: str
 
 
-def _columns(header: list[str] | None) -> list[str]:
-    if not header:
+class _BadRow(Exception):
+    pass
+
+
+def _lines(data: BinaryIO) -> Iterator[bytes]:
+    """Each line of the file without its ending. A line is a record: nothing joins two lines.
+
+    A line longer than MAX_LINE_BYTES is never held whole: it comes out cut, one byte over the limit.
+    """
+    while line := data.readline(MAX_LINE_BYTES + 1):
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := data.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+        yield line.removesuffix(b"\n").removesuffix(b"\r")
+
+
+def _cells(line: bytes) -> list[str]:
+    """One record's cells, read strictly: a quote opened in a cell closes in it, and no cell holds a line break."""
+    if len(line) > MAX_LINE_BYTES:
+        raise _BadRow(f"longer than {MAX_LINE_BYTES} bytes")
+    if b"\r" in line:
+        raise _BadRow("a cell holds a line break")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _BadRow("not UTF-8 text: save the file as CSV UTF-8") from None
+    try:
+        return next(csv.reader([text], strict=True), [])
+    except csv.Error as exc:
+        # The line is whole, so a quote left open means the cell ran into the next line, which is not allowed.
+        hint = "a quoted cell must close on its own line, and a quote inside it is written twice"
+        raise _BadRow(f"{exc}: {hint}") from None
+
+
+def _columns(header: bytes | None) -> list[str]:
+    try:
+        cells = _cells(header) if header else []
+    except _BadRow as exc:
+        raise InvalidCsv([f"row 1: {exc}"]) from None
+    if not any(cells):
         raise InvalidCsv([f"row 1: no header; the columns are {','.join(CSV_COLUMNS)}"])
-    columns = [name.strip() for name in header]
+    columns = [name.strip() for name in cells]
     unknown = [name or f"(column {i} has no name)" for i, name in enumerate(columns, 1) if name not in CSV_COLUMNS]
     if unknown:
         raise InvalidCsv([f"row 1: unknown column(s) {', '.join(unknown)}; the columns are {','.join(CSV_COLUMNS)}"])
@@ -100,34 +146,60 @@ def _columns(header: list[str] | None) -> list[str]:
     return columns
 
 
-def read_csv(lines: Iterable[str]) -> list[Row]:
-    """Every row's message body; raises `InvalidCsv` listing each bad row.
-
-    Empty cells are absent fields; blank rows are skipped but counted, so row numbers match the spreadsheet.
-    """
-    records = csv.reader(lines)
-    columns = _columns(next(records, None))
-    rows, errors = [], []
-    for number, cells in enumerate(records, start=2):
-        if not any(cells):
-            continue
-        if len(cells) > len(columns):
-            errors.append(f"row {number}: {len(cells)} cells, but the header names {len(columns)} columns")
-            continue
+def _read(data: BinaryIO) -> Iterator[Row | str]:
+    """Each row's message body, or what is wrong with it ("row N: ..."). Blank rows are skipped but counted."""
+    lines = _lines(data)
+    first = next(lines, None)
+    columns = _columns(first.removeprefix(b"\xef\xbb\xbf") if first else None)  # spreadsheets write a BOM
+    for number, line in enumerate(lines, start=2):
         try:
-            rows.append(Row(number, encode(dict(zip(columns, cells, strict=False)))))
+            cells = _cells(line)
+            if not any(cells):
+                continue
+            if len(cells) > len(columns):
+                raise _BadRow(f"{len(cells)} cells, but the header names {len(columns)} columns")
+            yield Row(number, encode(dict(zip(columns, cells, strict=False))))
+        except _BadRow as exc:
+            yield f"row {number}: {exc}"
         except InvalidRequest as exc:
-            errors.append(f"row {number}: {str(exc).removeprefix('invalid cancel request: ')}")
-    if errors:
-        raise InvalidCsv(errors)
+            yield f"row {number}: {str(exc).removeprefix('invalid cancel request: ')}"
+
+
+def check_csv(data: BinaryIO) -> int:
+    """How many rows the file holds, all valid; else `InvalidCsv` naming each bad row. Reads it as a stream."""
+    rows, bad, errors = 0, 0, list[str]()
+    for item in _read(data):
+        if isinstance(item, Row):
+            rows += 1
+        else:
+            bad += 1
+            if len(errors) < MAX_ERRORS_KEPT:
+                errors.append(item)
+    if bad:
+        raise InvalidCsv(errors, bad)
     return rows
+
+
+def csv_rows(data: BinaryIO) -> Iterator[Row]:
+    """The rows of a file `check_csv` passed, as a stream; `InvalidCsv` at the first bad row."""
+    for item in _read(data):
+        if not isinstance(item, Row):
+            raise InvalidCsv([item])
+        yield item
+
+
+def read_csv(data: BinaryIO) -> list[Row]:
+    """Every row's message body; raises `InvalidCsv` listing each bad row, having sent nothing."""
+    check_csv(data)
+    data.seek(0)
+    return list(csv_rows(data))
 
 
 def read_csv_file(path: Path) -> list[Row]:
     try:
-        with path.open(newline="", encoding="utf-8-sig") as lines:  # -sig: spreadsheets write a BOM
-            return read_csv(lines)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        with path.open("rb") as data:
+            return read_csv(data)
+    except OSError as exc:
         raise InvalidCsv([f"cannot read {path}: {exc}"]) from None
 
 
