@@ -1,11 +1,15 @@
 """Every row of the outcome table, for each provider, from the HTTP answer alone (no network)."""
 
+import io
+from http.client import RemoteDisconnected
 from typing import Any
 
 import pytest
 import requests
+import urllib3
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError
 
-from callcancel.errors import AuthDenied, NotFound, Rejected, TransientFailure
+from callcancel.errors import AuthDenied, ConfigError, NotFound, Rejected, TransientFailure
 from callcancel.models import PlumCancel, PlumCredentials, RyngCancel, RyngCredentials
 from callcancel.providers import PlumClient, RyngClient
 
@@ -18,6 +22,17 @@ UNKNOWN_DEPLOYMENT = "No deployment was found by that application id and deploym
 XML_404 = f'<?xml version="1.0"?>\n<result>\n  <error>{UNKNOWN_DEPLOYMENT}</error>\n</result>'.encode()
 
 
+def canned_response(status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> requests.Response:
+    """A real `requests.Response` over a real urllib3 response, streamed from memory instead of a socket."""
+    response = requests.Response()
+    response.status_code = status
+    response.headers.update(headers or {})
+    response.raw = urllib3.HTTPResponse(
+        body=io.BytesIO(body), headers=headers, status=status, preload_content=False, decode_content=False
+    )
+    return response
+
+
 class AnsweringSession(requests.Session):
     """A session whose transport is a canned answer: the adapter under test reads a real `requests.Response`."""
 
@@ -28,10 +43,7 @@ class AnsweringSession(requests.Session):
 
     def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         self.sent.append({"method": method, "url": url, **kwargs})
-        response = requests.Response()
-        response.status_code, response._content, extra = self.answer
-        response.headers.update(extra)
-        return response
+        return canned_response(*self.answer)
 
 
 def cancel_at(provider: str, session: requests.Session) -> None:
@@ -154,3 +166,115 @@ def test_accept_json_is_sent_by_the_shared_session() -> None:
     assert session.headers["Accept"] == "application/json"
     assert session.trust_env is False
     assert session.get_adapter("https://x")._pool_maxsize == 10  # type: ignore[attr-defined]
+
+
+# A body that no parser can read, each in its own way: deep nesting (RecursionError), broken UTF-8, a DTD.
+UNREADABLE_BODIES = {
+    "nested arrays": b"[" * 65_536,
+    "nested objects": b'{"a":' * 40_000,
+    "nested closed": b"[" * 30_000 + b"]" * 30_000,
+    "xml with a dtd": b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY e "x">]><r><error>&e;</error></r>',
+}
+
+
+@pytest.mark.parametrize("body", UNREADABLE_BODIES.values(), ids=UNREADABLE_BODIES.keys())
+@pytest.mark.parametrize(
+    ("provider", "status", "expected"),
+    [
+        ("plum", 202, None),
+        ("plum", 404, NotFound),
+        ("plum", 401, AuthDenied),
+        ("ryng", 403, AuthDenied),
+        ("ryng", 500, TransientFailure),
+        ("ryng", 200, Rejected),
+    ],
+)
+def test_a_body_that_cannot_be_read_leaves_the_status_to_decide(
+    body: bytes, provider: str, status: int, expected: type[Exception] | None
+) -> None:
+    session = AnsweringSession(status, body)
+    if expected is None:
+        cancel_at(provider, session)
+        return
+    with pytest.raises(expected) as caught:
+        cancel_at(provider, session)
+    failure: Any = caught.value
+    assert failure.http_status == status
+    assert failure.provider_message is None
+
+
+# As requests raises them (see HTTPAdapter.send): connect-phase errors come wrapped in a MaxRetryError.
+REFUSED = requests.ConnectionError(MaxRetryError(None, "/", NewConnectionError(None, "Connection refused")))
+DNS = requests.ConnectionError(MaxRetryError(None, "/", NameResolutionError("x.ryng.in", None, OSError("no host"))))
+ABORTED = requests.ConnectionError(ProtocolError("Connection aborted.", RemoteDisconnected("closed without response")))
+RESET = requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
+
+
+@pytest.mark.parametrize("provider", ["ryng", "plum"])
+@pytest.mark.parametrize(
+    ("error", "ambiguous"),
+    [
+        (requests.ConnectTimeout(), False),
+        (REFUSED, False),
+        (DNS, False),
+        (requests.exceptions.SSLError(), False),
+        (requests.ReadTimeout(), True),
+        (ABORTED, True),
+        (RESET, True),
+    ],
+    ids=["connect timeout", "refused", "dns", "tls handshake", "read timeout", "aborted", "reset"],
+)
+def test_a_failure_after_the_request_was_sent_is_ambiguous(provider: str, error: Exception, ambiguous: bool) -> None:
+    with pytest.raises(TransientFailure) as caught:
+        cancel_at(provider, FailingSession(error))
+    assert caught.value.ambiguous is ambiguous
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "expected", "ambiguous"),
+    [
+        ("ryng", 200, TransientFailure, True),  # the confirmation may have been in the part that never came
+        ("ryng", 500, TransientFailure, True),  # "Call ID does not exist" or an outage: cannot tell
+        ("ryng", 403, AuthDenied, None),
+        ("plum", 202, None, None),  # the status alone confirms: a second DELETE would cancel calls queued since
+        ("plum", 404, NotFound, None),
+    ],
+)
+def test_a_body_cut_short_is_decided_by_the_status_where_the_status_suffices(
+    provider: str, status: int, expected: type[Exception] | None, ambiguous: bool | None
+) -> None:
+    # Content-Length promises more than arrives: urllib3 raises IncompleteRead mid-body.
+    session = AnsweringSession(status, b'{"error": fal', {"Content-Length": "400"})
+    if expected is None:
+        cancel_at(provider, session)
+        return
+    with pytest.raises(expected) as caught:
+        cancel_at(provider, session)
+    if ambiguous is not None:
+        assert isinstance(caught.value, TransientFailure)
+        assert caught.value.ambiguous is ambiguous
+        assert "cut short" in caught.value.reason or caught.value.http_status == 500
+
+
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_gateway_that_gave_up_is_ambiguous_and_an_outage_is_not(status: int) -> None:
+    with pytest.raises(TransientFailure) as gateway:
+        cancel_at("plum", AnsweringSession(status))
+    with pytest.raises(TransientFailure) as outage:
+        cancel_at("plum", AnsweringSession(503))
+    assert gateway.value.ambiguous is True
+    assert outage.value.ambiguous is False
+
+
+@pytest.mark.parametrize(
+    "error", [requests.exceptions.InvalidHeader("bad header"), UnicodeEncodeError("latin-1", "€", 0, 1, "no")]
+)
+def test_a_request_that_cannot_be_built_is_config_not_retried(error: Exception) -> None:
+    with pytest.raises(ConfigError):
+        cancel_at("ryng", FailingSession(error))
+
+
+def test_a_retry_after_that_float_refuses_is_ignored() -> None:
+    with pytest.raises(TransientFailure) as caught:
+        cancel_at("plum", AnsweringSession(429, b"", {"Retry-After": "\u00b2"}))  # "²".isdigit() is True
+    assert caught.value.retry_after is None

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -152,14 +153,37 @@ class Credentials(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
 
+def _header_safe(value: str) -> None:
+    # Tokens, keys and emails travel in HTTP headers: requests would fail on non-latin-1 text, and CR/LF or
+    # other controls could split a header. Visible ASCII is what real tokens are made of; anything else is
+    # a copy-paste accident (a non-breaking space, a smart quote) that a person has to fix.
+    if not value.isascii() or not value.isprintable() or " " in value:
+        raise ValueError("must be visible ASCII characters only (it is sent in an HTTP header)")
+
+
+def _header_safe_secret(value: SecretStr) -> SecretStr:
+    _header_safe(value.get_secret_value())
+    return value
+
+
+def _basic_auth_user(value: str) -> str:
+    _header_safe(value)
+    if ":" in value:
+        raise ValueError("must not contain ':' (basic auth separates the user from the key with it)")
+    return value
+
+
+HeaderSecret = Annotated[SecretStr, Field(min_length=1), AfterValidator(_header_safe_secret)]
+
+
 class RyngCredentials(Credentials):
     subdomain: Subdomain
-    access_token: SecretStr = Field(min_length=1)
+    access_token: HeaderSecret
 
 
 class PlumCredentials(Credentials):
-    email: str = Field(min_length=1)
-    developer_key: SecretStr = Field(min_length=1)
+    email: Annotated[str, Field(min_length=1), AfterValidator(_basic_auth_user)]
+    developer_key: HeaderSecret
 
 
 def parse_credentials[C: Credentials](model: type[C], secret_name: str, value: Any) -> C:

@@ -13,10 +13,13 @@ class PlumClient(ProviderClient[PlumCancel, PlumCredentials]):
 
     def cancel(self, request: PlumCancel, credentials: PlumCredentials) -> None:
         app, deployment = quote(request.application_id, safe=""), quote(request.deployment_id, safe="")
+        email, key = credentials.email, credentials.developer_key.get_secret_value()
         answer = self._send(
             "DELETE",
             f"{self._base_url}/api/apps/{app}/{deployment}/cancel",
-            auth=(credentials.email, credentials.developer_key.get_secret_value()),
+            auth=(email, key),
+            # "email:key" too: its base64 is the Authorization header, which a provider may echo whole.
+            secrets=[email, key, f"{email}:{key}"],
         )
         # The docs promise 202; any 2xx is a success we do not want to dead-letter.
         if answer.success:

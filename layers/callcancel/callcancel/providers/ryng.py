@@ -19,11 +19,12 @@ class RyngClient(ProviderClient[RyngCancel, RyngCredentials]):
         url = f"{base}/rest-api/v1/progressive/call/{quote(request.call_id, safe='')}/cancel"
         token = credentials.access_token.get_secret_value()
         # The docs name the header x-access-token in one place and x-access-key in another: send both.
-        answer = self._send("POST", url, headers={"x-access-token": token, "x-access-key": token})
+        answer = self._send("POST", url, headers={"x-access-token": token, "x-access-key": token}, secrets=[token])
 
         if answer.success:
             if isinstance(answer.body, dict) and answer.body.get("error") is False:
                 return
+            self._needs_whole_body(answer)
             raise Rejected(
                 f"{answer.describe(self.name)} (not a confirmed cancel)",
                 http_status=answer.status,
