@@ -3,9 +3,11 @@
 import logging
 import socket
 from types import TracebackType
+from typing import Any
 
 import boto3
 import requests
+from moto.events.models import EventBus, Rule
 from moto.server import ThreadedMotoServer
 
 # moto accepts any credentials; these make boto3 sign requests without touching a real account.
@@ -26,6 +28,7 @@ class EmbeddedAws:
 
     def start(self) -> "EmbeddedAws":
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per AWS call is noise here
+        patch_moto()
         # moto binds inside its thread and would wait forever for a port that is taken: check first.
         host, port = self._address
         if port:
@@ -58,6 +61,47 @@ class EmbeddedAws:
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+
+
+def patch_moto() -> None:
+    """Where moto's EventBridge differs from AWS in a way the stack depends on. Idempotent; moto runs in this process.
+
+    - `!Ref` of an AWS::Events::EventBus is its name in AWS; moto's CloudFormation hands over the bus object.
+    - A target's InputPath: see `_honour_input_path`.
+    """
+    if not hasattr(EventBus, "physical_resource_id"):
+        EventBus.physical_resource_id = property(lambda bus: bus.name)  # type: ignore[attr-defined]
+    _honour_input_path()
+
+
+def _honour_input_path() -> None:
+    """Make moto's EventBridge honour a target's InputPath, as AWS does (moto sends the whole event).
+
+    The stack's Cancel Requested rule sends only `$.detail` to CancelQueue. moto delivers to SQS targets
+    itself, inside PutEvents, and applies InputTransformer but not InputPath: for the length of one delivery,
+    each InputPath target is given the equivalent transformer.
+    """
+    send = Rule.send_to_targets
+    if getattr(send, "honours_input_path", False):
+        return
+
+    def send_to_targets(rule: Rule, event: Any, transform_input: bool = True) -> None:
+        targets = rule.targets
+        rule.targets = [_input_path_as_transformer(target) for target in targets]
+        try:
+            send(rule, event, transform_input)
+        finally:
+            rule.targets = targets
+
+    send_to_targets.honours_input_path = True  # type: ignore[attr-defined]
+    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign, assignment]
+
+
+def _input_path_as_transformer(target: dict[str, Any]) -> dict[str, Any]:
+    if "InputPath" not in target or "InputTransformer" in target:
+        return target
+    transformer = {"InputPathsMap": {"value": target["InputPath"]}, "InputTemplate": "<value>"}
+    return {**target, "InputTransformer": transformer}
 
 
 def create_table_keyed_by_id(name: str) -> None:

@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 from cfnlint.decode.cfn_yaml import load
+from moto.events.models import EventPattern
+
+from callcancel.outcomes import CANCEL_FAILED, DETAIL_TYPES, EVENT_FAILED_METRIC, EVENT_SOURCE, RECORD_FAILED_METRIC
 
 pytestmark = [pytest.mark.template, pytest.mark.xdist_group("sam")]
 
@@ -36,6 +39,9 @@ CONTRACT_ENV = {
     "PLUM_BASE_URL",
     "PROVIDER_TIMEOUT_SECONDS",
     "MAX_IN_FLIGHT",
+    "OUTCOME_TABLE",
+    "OUTCOME_RETENTION_DAYS",
+    "EVENT_BUS_NAME",
 }
 FOURTEEN_DAYS = 14 * 24 * 3600
 
@@ -236,7 +242,6 @@ def test_worker_logs_only_to_its_own_log_group(
         ("sqs:ReceiveMessage", arn_of("CancelQueue")),
         ("sqs:DeleteMessage", arn_of("CancelQueue")),
         ("dynamodb:GetItem", arn_of("IdempotencyTable")),
-        ("dynamodb:UpdateItem", arn_of("IdempotencyTable")),
     ],
 )
 def test_worker_action_is_granted_only_on_its_resource(
@@ -253,8 +258,28 @@ def test_worker_may_only_put_into_the_deferred_table(worker_statements: list[dic
     on_deferred = [s for s in worker_statements if arn_of("DeferredTable") in as_list(s["Resource"])]
 
     assert [as_list(s["Action"]) for s in on_deferred] == [["dynamodb:PutItem"]]
+    tables = ([arn_of("IdempotencyTable")], [arn_of("DeferredTable")], [arn_of("OutcomeTable")])
     for statement in statements_with(worker_statements, "dynamodb:"):
-        assert as_list(statement["Resource"]) in ([arn_of("IdempotencyTable")], [arn_of("DeferredTable")])
+        assert as_list(statement["Resource"]) in tables
+
+
+def test_worker_may_only_update_outcome_records_and_put_events_on_its_bus(
+    worker_statements: list[dict[str, Any]], resources: dict[str, Any]
+) -> None:
+    on_outcomes = [s for s in worker_statements if arn_of("OutcomeTable") in as_list(s["Resource"])]
+    (events,) = statements_with(worker_statements, "events:")
+    env = props(resources, "CancelWorker")["Environment"]["Variables"]
+
+    assert [as_list(s["Action"]) for s in on_outcomes] == [["dynamodb:UpdateItem"]]
+    assert (as_list(events["Action"]), as_list(events["Resource"])) == (
+        ["events:PutEvents"],
+        [arn_of("CancelEventBus")],
+    )
+    assert env["OUTCOME_TABLE"] == {"Ref": "OutcomeTable"}
+    assert env["EVENT_BUS_NAME"] == {"Ref": "CancelEventBus"}
+    assert env["OUTCOME_RETENTION_DAYS"] == {"Ref": "OutcomeRetentionDays"}
+    (update_item,) = [s for s in statements_with(worker_statements, "dynamodb:UpdateItem") if s not in on_outcomes]
+    assert as_list(update_item["Resource"]) == [arn_of("IdempotencyTable")]
 
 
 # ---- the nightly purge --------------------------------------------------------------------------
@@ -348,6 +373,85 @@ def test_purge_role_is_its_own_and_least_privilege(
     }
 
 
+# ---- outcomes for producers, and the EventBridge way in ----------------------------------------------
+
+
+def test_outcome_table_is_keyed_by_id_expires_by_ttl_and_outlives_the_stack(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    table = props(resources, "OutcomeTable")
+
+    assert table["KeySchema"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert resources["OutcomeTable"]["DeletionPolicy"] == "Retain"
+    assert template["Parameters"]["OutcomeRetentionDays"]["Default"] == 400
+    assert template["Outputs"]["OutcomeTableName"]["Value"] == {"Ref": "OutcomeTable"}
+    assert template["Outputs"]["EventBusName"]["Value"] == {"Ref": "CancelEventBus"}
+
+
+def test_outcome_metric_alarms_watch_the_metrics_the_worker_counts(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    powertools = template["Globals"]["Function"]["Environment"]["Variables"]
+    for alarm, metric in (
+        ("OutcomeRecordsFailedAlarm", RECORD_FAILED_METRIC),
+        ("OutcomeEventsFailedAlarm", EVENT_FAILED_METRIC),
+    ):
+        spec = props(resources, alarm)
+        assert (spec["Namespace"], spec["MetricName"]) == (powertools["POWERTOOLS_METRICS_NAMESPACE"], metric)
+        assert spec["Dimensions"] == [{"Name": "service", "Value": powertools["POWERTOOLS_SERVICE_NAME"]}]
+
+
+def test_cancel_requested_events_go_to_the_cancel_queue_with_retries_and_a_dead_letter_queue(
+    resources: dict[str, Any],
+) -> None:
+    rule = props(resources, "CancelRequestedRule")
+    (target,) = rule["Targets"]
+    failures = props(resources, "CancelRequestedFailures")
+
+    assert rule["EventBusName"] == {"Ref": "CancelEventBus"}
+    assert rule["EventPattern"] == {"detail-type": ["Cancel Requested"]}
+    assert rule["State"] == "ENABLED"
+    assert target["Arn"] == arn_of("CancelQueue")
+    assert target["InputPath"] == "$.detail"  # the detail is the message body
+    assert target["DeadLetterConfig"] == {"Arn": arn_of("CancelRequestedFailures")}
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] <= 3600
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    assert failures["SqsManagedSseEnabled"] is True
+    assert failures["MessageRetentionPeriod"] == FOURTEEN_DAYS
+
+
+def test_only_the_way_in_rule_may_send_as_eventbridge(resources: dict[str, Any]) -> None:
+    statements = props(resources, "QueuesPolicy")["PolicyDocument"]["Statement"]
+    allows = [s for s in statements if s["Effect"] == "Allow"]
+    deny = next(s for s in statements if s["Effect"] == "Deny")
+
+    assert {str(s["Resource"]) for s in allows} == {str(arn_of("CancelQueue")), str(arn_of("CancelRequestedFailures"))}
+    for statement in allows:
+        assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+        assert as_list(statement["Action"]) == ["sqs:SendMessage"]
+        assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": arn_of("CancelRequestedRule")}}
+    assert arn_of("CancelRequestedFailures") in deny["Resource"]
+    assert {"Ref": "CancelRequestedFailures"} in props(resources, "QueuesPolicy")["Queues"]
+
+
+def test_no_outcome_event_matches_a_rule_on_the_bus(resources: dict[str, Any]) -> None:
+    rules = [
+        props(resources, name)
+        for name, r in resources.items()
+        if r["Type"] == "AWS::Events::Rule" and props(resources, name).get("EventBusName") == {"Ref": "CancelEventBus"}
+    ]
+    assert rules, "the way-in rule is on the bus"
+    detail = {"request_key": "k", "provider": "ryng", "account": "acme", "target": "c-1", "outcome": "cancelled"}
+    for detail_type in [*DETAIL_TYPES.values(), CANCEL_FAILED]:
+        event = {"source": EVENT_SOURCE, "detail-type": detail_type, "detail": detail}
+        for rule in rules:
+            assert not EventPattern.load(json.dumps(rule["EventPattern"])).matches_event(event), detail_type
+    requested = {"source": "com.example.orders", "detail-type": "Cancel Requested", "detail": detail}
+    assert all(EventPattern.load(json.dumps(rule["EventPattern"])).matches_event(requested) for rule in rules)
+
+
 # ---- alarms, alert topic, digest, dashboard ------------------------------------------------------
 
 # alarm -> (namespace, metric, dimension name, the resource it watches, comparison, missing data)
@@ -357,6 +461,14 @@ ALARMS = {
     "OldestRequestAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", "CancelQueue"),
     "WorkerErrorsAlarm": ("AWS/Lambda", "Errors", "FunctionName", "CancelWorker"),
     "WorkerThrottlesAlarm": ("AWS/Lambda", "Throttles", "FunctionName", "CancelWorker"),
+    "OutcomeRecordsFailedAlarm": ("Callcancel", "OutcomeRecordFailed", "service", "callcancel"),
+    "OutcomeEventsFailedAlarm": ("Callcancel", "OutcomeEventFailed", "service", "callcancel"),
+    "CancelRequestedFailuresAlarm": (
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        "QueueName",
+        "CancelRequestedFailures",
+    ),
 }
 
 
@@ -368,7 +480,9 @@ def test_the_alarms_are_exactly_these(resources: dict[str, Any]) -> None:
 def test_alarm_watches_its_resource_and_notifies_the_alert_topic(resources: dict[str, Any], alarm: str) -> None:
     namespace, metric, dimension, watched = ALARMS[alarm]
     spec = props(resources, alarm)
-    reference = {"Ref": watched} if namespace == "AWS/Lambda" else {"Fn::GetAtt": [watched, "QueueName"]}
+    references = {"AWS/Lambda": {"Ref": watched}, "AWS/SQS": {"Fn::GetAtt": [watched, "QueueName"]}}
+    # Our own metrics carry the Powertools service dimension, the template's POWERTOOLS_SERVICE_NAME.
+    reference = references.get(namespace, watched)
 
     assert (spec["Namespace"], spec["MetricName"]) == (namespace, metric)
     assert spec["Dimensions"] == [{"Name": dimension, "Value": reference}]
@@ -380,7 +494,16 @@ def test_alarm_watches_its_resource_and_notifies_the_alert_topic(resources: dict
 
 
 @pytest.mark.parametrize(
-    "alarm", ["DeadLetterAlarm", "PurgeFailuresAlarm", "WorkerErrorsAlarm", "WorkerThrottlesAlarm"]
+    "alarm",
+    [
+        "DeadLetterAlarm",
+        "PurgeFailuresAlarm",
+        "WorkerErrorsAlarm",
+        "WorkerThrottlesAlarm",
+        "OutcomeRecordsFailedAlarm",
+        "OutcomeEventsFailedAlarm",
+        "CancelRequestedFailuresAlarm",
+    ],
 )
 def test_count_alarms_fire_on_the_first_one(resources: dict[str, Any], alarm: str) -> None:
     spec = props(resources, alarm)
@@ -520,6 +643,9 @@ def test_dashboard_shows_outcomes_dlq_depth_queue_age_duration_and_concurrency(r
         "AlertTopicArn",
         "DlqDigestName",
         "DashboardName",
+        "EventBusName",
+        "OutcomeTableName",
+        "CancelRequestedFailuresUrl",
     ],
 )
 def test_output_is_present_and_described(template: dict[str, Any], output: str) -> None:
