@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any, cast
 
+from botocore.exceptions import ClientError
+
 from callcancel.errors import PurgeError
 
 if TYPE_CHECKING:
@@ -29,17 +31,32 @@ class DeferredItem:
 
 
 class DeferredStore:
-    """Items `{id, body, deferred_at[, enqueued_on]}`; `id` is the request's idempotency key."""
+    """Items `{id, body, deferred_at[, enqueued_on]}`; `id` is the request's idempotency key, held by the first
+    request with it."""
 
     def __init__(self, client: "DynamoDBClient", table: str) -> None:
         self._client = client
         self._table = table
 
-    def put(self, item: DeferredItem) -> None:
-        self._client.put_item(
-            TableName=self._table,
-            Item={"id": {"S": item.id}, "body": {"S": item.body}, "deferred_at": {"S": item.deferred_at}},
-        )
+    def put(self, item: DeferredItem) -> DeferredItem | None:
+        """Store the item unless its key is already held; then return the item that holds it, unchanged."""
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={"id": {"S": item.id}, "body": {"S": item.body}, "deferred_at": {"S": item.deferred_at}},
+                ConditionExpression="attribute_not_exists(id)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            held = exc.response.get("Item") or self._client.get_item(
+                TableName=self._table, Key={"id": {"S": item.id}}, ConsistentRead=True
+            ).get("Item")
+            if held is None:  # removed by the purge in between: the key is free again
+                return self.put(item)
+            return _item(held)
+        return None
 
     def pages(self, deferred_until: str) -> Iterator[list[DeferredItem]]:
         """Every item deferred at or before `deferred_until` (ISO 8601, UTC), one scan page at a time."""
@@ -52,15 +69,7 @@ class DeferredStore:
         }
         while True:
             page = self._client.scan(**kwargs)
-            yield [
-                DeferredItem(
-                    id=i["id"]["S"],
-                    body=i["body"]["S"],
-                    deferred_at=i["deferred_at"]["S"],
-                    enqueued_on=i["enqueued_on"]["S"] if "enqueued_on" in i else None,
-                )
-                for i in page.get("Items", [])
-            ]
+            yield [_item(i) for i in page.get("Items", [])]
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -103,6 +112,15 @@ class DeferredStore:
                 time.sleep(0.05 * 2**attempt)
             else:
                 raise PurgeError(f"DynamoDB left {len(batch)} deferred-table writes unprocessed")
+
+
+def _item(attributes: Any) -> DeferredItem:
+    return DeferredItem(
+        id=attributes["id"]["S"],
+        body=attributes["body"]["S"],
+        deferred_at=attributes["deferred_at"]["S"],
+        enqueued_on=attributes["enqueued_on"]["S"] if "enqueued_on" in attributes else None,
+    )
 
 
 def iso_utc(moment: datetime) -> str:

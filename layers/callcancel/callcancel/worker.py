@@ -3,17 +3,14 @@
 import asyncio
 import functools
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 from aws_lambda_powertools.utilities.batch import AsyncBatchProcessor, EventType, async_process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
-    IdempotencyConfig,
-    idempotent_function,
-)
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyPersistenceLayerError,
@@ -29,9 +26,10 @@ from callcancel.canceller import Canceller
 from callcancel.credentials import SecretStore
 from callcancel.dead_letter import DeadLetter
 from callcancel.deferred import DeferredItem, DeferredStore, iso_utc
-from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, TransientFailure
+from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, NotFound, TransientFailure
+from callcancel.idempotency import CancelRecords, KeyLocks, lock_expires_in
 from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
-from callcancel.observability import count_outcome, count_records, logger
+from callcancel.observability import count, count_outcome, count_records, logger
 from callcancel.providers import PROVIDERS, provider_session
 from callcancel.queues import WorkerQueues
 from callcancel.settings import Settings
@@ -41,6 +39,18 @@ IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
 
 class RetryLater(Exception):
     """Reported to SQS as a batch item failure: the message comes back after its visibility timeout."""
+
+
+class LockHeld(TransientFailure):
+    """Another delivery holds the request's lock: wait until it expires, then take over or replay its result."""
+
+
+@dataclass
+class Attempt:
+    """What one attempt learnt on its way through the idempotency layer, for the outcome after it."""
+
+    after_earlier_attempt: bool = False  # it took over a lock or record an earlier attempt left
+    confirmed: bool = False  # the provider confirmed the cancel
 
 
 class CancelJob(BaseModel):
@@ -72,8 +82,11 @@ class CancelWorker:
         # Every record of a failed batch is a batch item failure; the invocation itself did not fail.
         self._processor = AsyncBatchProcessor(EventType.SQS, raise_on_entire_batch_failure=False)
         self._idempotency: IdempotencyConfig | None = None
+        self._records: CancelRecords | None = None
+        self._keys = KeyLocks()
         self._cancel_once = self._cancel
         if idempotency_table:
+            self._records = CancelRecords(idempotency_table)
             self._idempotency = IdempotencyConfig(
                 event_key_jmespath="key",
                 # The same request_id reused for another target is a producer bug, not a duplicate.
@@ -85,7 +98,7 @@ class CancelWorker:
             self._cancel_once = idempotent_function(
                 self._cancel,
                 data_keyword_argument="job",
-                persistence_store=DynamoDBPersistenceLayer(table_name=idempotency_table),
+                persistence_store=self._records,
                 config=self._idempotency,
                 key_prefix="callcancel.cancel",
             )
@@ -135,7 +148,8 @@ class CancelWorker:
         except CancelFailure as failure:
             return self._dead_letter(record, failure, attempt, provider=request.provider)
         except TransientFailure as failure:
-            if attempt >= self._settings.max_attempts:
+            # A lock wait may use one receive beyond MAX_ATTEMPTS: the queue's redrive allows MAX_ATTEMPTS + 2.
+            if attempt >= self._settings.max_attempts + isinstance(failure, LockHeld):
                 return self._dead_letter(record, failure.exhausted(attempt), attempt, provider=request.provider)
             delay = backoff_seconds(
                 attempt,
@@ -154,35 +168,50 @@ class CancelWorker:
     def _cancel_or_defer(self, request: RyngCancel | PlumCancel, key: str, body: str) -> str:
         """The outcome: cancelled, duplicate when an earlier delivery already cancelled it, or deferred."""
         if request.when == "nightly":
-            return self._defer(key, body)
+            return self._defer(request, key, body)
+        attempt = Attempt()
         try:
-            result = self._cancel_once(job=CancelJob(key=key, request=request))
-        except IdempotencyValidationError:
-            raise InvalidRequest(f"request_id {key} was already used for a different target") from None
-        except IdempotencyAlreadyInProgressError:
-            raise TransientFailure(f"request {key} is being carried out by another delivery") from None
-        except IdempotencyPersistenceLayerError as exc:
-            raise TransientFailure(f"idempotency store unavailable: {exc}") from None
-        except (CancelFailure, TransientFailure):
-            raise
+            # Two records of one batch with one key: the second waits here for the first, then replays it,
+            # instead of meeting its lock in the table and waiting for the lock to expire.
+            with self._keys.hold(key):
+                result = self._cancel_once(job=CancelJob(key=key, request=request), attempt=attempt)
         except Exception as exc:
-            # A bug or an unforeseen SDK error: retried, and dead-lettered as exhausted if it persists.
-            logger.exception("unexpected error")
-            raise TransientFailure(f"unexpected error: {type(exc).__name__}") from None
+            if attempt.confirmed:
+                # The provider cancelled it; only our own record of that failed. Acked: a redelivery would
+                # call again and be told "does not exist".
+                logger.warning("cancelled, but the idempotency record was not completed", extra={"error": str(exc)})
+                count("IdempotencyRecordNotSaved")
+                return "cancelled"
+            failure = _failure_of(exc, key)
+            if isinstance(failure, NotFound) and attempt.after_earlier_attempt:
+                raise NotFound(
+                    f"{failure.reason}; an earlier attempt of this request may have cancelled it "
+                    "(it timed out, lost its connection or was interrupted)",
+                    http_status=failure.http_status,
+                    provider_message=failure.provider_message,
+                ) from None
+            raise failure from None
         return "duplicate" if result.get("replayed") else "cancelled"
 
-    def _defer(self, key: str, body: str) -> str:
+    def _defer(self, request: RyngCancel | PlumCancel, key: str, body: str) -> str:
         """Hold the request, as sent, for the nightly purge; no provider call now."""
         if self._deferred is None:
             raise ConfigError("when=nightly needs a deferred-cancel store (DEFERRED_TABLE), which is not configured")
         try:
-            self._deferred.put(DeferredItem(id=key, body=body, deferred_at=iso_utc(datetime.now(UTC))))
+            held = self._deferred.put(DeferredItem(id=key, body=body, deferred_at=iso_utc(datetime.now(UTC))))
         except (BotoCoreError, ClientError) as exc:
             raise TransientFailure(f"deferred-cancel store unavailable: {exc}") from None
-        return "deferred"
+        if held is None:
+            return "deferred"
+        if _target_of(held.body) == (request.provider, request.account, request.target):
+            return "duplicate"
+        raise InvalidRequest(f"request_id {key} was already used for a different target")
 
-    def _cancel(self, *, job: CancelJob) -> dict[str, Any]:
+    def _cancel(self, *, job: CancelJob, attempt: Attempt) -> dict[str, Any]:
+        if self._records is not None:
+            attempt.after_earlier_attempt = self._records.took_over_earlier_attempt()
         self._canceller.cancel(job.request)
+        attempt.confirmed = True
         return {"outcome": "cancelled"}
 
     def _dead_letter(self, record: SQSRecord, failure: CancelFailure, attempt: int, *, provider: str) -> str:
@@ -197,6 +226,42 @@ class CancelWorker:
             },
         )
         return str(failure.failure_class)
+
+
+def _failure_of(exc: Exception, key: str) -> CancelFailure | TransientFailure:
+    """The typed failure behind an exception from the idempotent call."""
+    if isinstance(exc, CancelFailure | TransientFailure):
+        return exc
+    if isinstance(exc, IdempotencyValidationError):
+        return InvalidRequest(f"request_id {key} was already used for a different target")
+    if isinstance(exc, IdempotencyAlreadyInProgressError):
+        # Wait until the lock expires (a second past it), then replay its result or take over a dead one.
+        expires_in = lock_expires_in(exc)
+        return LockHeld(
+            f"request {key} is being carried out by another delivery",
+            retry_after=None if expires_in is None else expires_in + 1,
+        )
+    if isinstance(exc, IdempotencyPersistenceLayerError):
+        # Powertools could not delete or release the lock after our own failure: that failure, not the
+        # store's, decides the outcome. The lock left behind expires with this invocation.
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, CancelFailure | TransientFailure):
+                logger.warning("the idempotency lock was not cleared after a failure", extra={"error": str(exc)})
+                return cause
+            cause = cause.__cause__ or cause.__context__
+        return TransientFailure(f"idempotency store unavailable: {exc}")
+    # A bug or an unforeseen SDK error: retried, and dead-lettered as exhausted if it persists.
+    logger.exception("unexpected error")
+    return TransientFailure(f"unexpected error: {type(exc).__name__}")
+
+
+def _target_of(body: str) -> tuple[str, str, str] | None:
+    try:
+        request = parse_cancel_request(body)
+    except InvalidRequest:
+        return None
+    return request.provider, request.account, request.target
 
 
 @functools.cache
