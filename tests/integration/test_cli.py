@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +20,7 @@ import callcancel
 from callcancel import dlq
 from callcancel.cli import main
 from callcancel.dead_letter import DeadLetter
+from callcancel.digest import DigestSender
 from callcancel.errors import AuthDenied, CancelFailure, ConfigError, Exhausted, InvalidRequest, NotFound, Rejected
 from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws
@@ -455,3 +459,136 @@ def test_publish_csv_with_an_unterminated_quote_names_the_row_and_sends_nothing(
     assert err.startswith("row 2: ")
     assert "1 invalid row(s); nothing sent" in err
     assert queues.depth(queues.queue_url) == 0
+
+
+# ---- a redrive ends, and moves each letter once -------------------------------------------------
+
+
+class DeadLetteringWorker(threading.Thread):
+    """Stands in for a worker whose cause is not fixed: every message on CancelQueue is dead-lettered again at
+    once, as the worker does it (a new DLQ message, `source_message_id` = the CancelQueue message id)."""
+
+    def __init__(self, queues: Queues, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.queues = queues
+        self.deadline = time.monotonic() + seconds
+        self.stop = threading.Event()
+        self.received: Counter[str] = Counter()  # bodies, as often as the worker got them
+
+    def run(self) -> None:
+        sqs = boto3.client("sqs")
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            for message in sqs.receive_message(QueueUrl=self.queues.queue_url, MaxNumberOfMessages=10).get(
+                "Messages", []
+            ):
+                self.received[message["Body"]] += 1
+                self.queues.dead_letter(
+                    message["Body"], AuthDenied("ryng answered HTTP 403", http_status=403), source=message["MessageId"]
+                )
+                sqs.delete_message(QueueUrl=self.queues.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def test_redrive_ends_and_moves_each_letter_once_while_the_worker_dead_letters_the_copies_again(
+    queues: Queues, letters: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before the fix, the sweep took each copy the worker dead-lettered for a new letter and sent it back,
+    # for as long as the worker ran (3 auth letters went round about 494 times each in 60 s).
+    more_auth = [queues.dead_letter(ryng(f"g-{i}", "globex"), AuthDenied("ryng answered HTTP 403")) for i in (2, 3)]
+    worker = DeadLetteringWorker(queues, seconds=20)
+    worker.start()
+    status: list[int] = []
+    redrive = threading.Thread(target=lambda: status.append(main(["dlq", "redrive", "--class", "auth", *queues.flags])))
+
+    redrive.start()
+    redrive.join(timeout=40)
+    ended = not redrive.is_alive()
+    time.sleep(0.5)  # let the worker dead-letter what the redrive sent last
+    worker.stop.set()
+    worker.join()
+
+    assert ended, "the redrive did not end"
+    assert status == [0]
+    assert worker.received == {json.dumps(ryng(f"g-{i}", "globex")): 1 for i in (1, 2, 3)}, "each letter moved once"
+    out = capsys.readouterr().out
+    assert "3 dead letter(s) moved to CancelQueue: 3 auth" in out
+    on_dlq = peek(queues.sqs, queues.dlq_url, limit=1000)  # visible again at once, not after a hide timeout
+    assert {m["message_id"] for m in on_dlq} >= {letters[n] for n in ("config", "config2", "exhausted", "not_found")}
+    assert not {letters["auth"], *more_auth} & {m["message_id"] for m in on_dlq}, "the moved letters are gone"
+    assert [m.get("failure_class") for m in on_dlq].count("auth") == 3, "the worker's new dead letters stay, visible"
+
+
+def test_redrive_leaves_what_arrives_after_it_began(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
+    old = queues.dead_letter(ryng("o-1"), AuthDenied("ryng answered HTTP 403"))
+    started = dlq._start
+
+    def start_then_a_new_letter_arrives(sqs: Any, url: str) -> tuple[int, int]:
+        cutoff, depth = started(sqs, url)
+        time.sleep(max(0.0, cutoff / 1000 - time.time()) + 0.05)  # past SQS's second of the start
+        queues.dead_letter(ryng("n-1"), AuthDenied("ryng answered HTTP 403"))
+        return cutoff, depth
+
+    monkeypatch.setattr(dlq, "_start", start_then_a_new_letter_arrives)
+
+    sweep = dlq.redrive(queues.sqs, queues.dlq_url, queues.queue_url, failure_class="auth")
+
+    assert (sweep.done, sweep.newer, sweep.left) == (1, 1, 1)
+    assert queues.bodies(queues.queue_url) == [json.dumps(ryng("o-1"))]
+    assert old not in {m["message_id"] for m in peek(queues.sqs, queues.dlq_url)}
+    assert queues.bodies(queues.dlq_url) == [json.dumps(ryng("n-1"))]
+
+
+# ---- two copies of one dead letter (a worker killed between the dead-letter send and the ack) ----------
+
+
+@pytest.fixture
+def twice(queues: Queues) -> list[str]:
+    body = ryng("d-1", "globex")
+    failure = AuthDenied("ryng answered HTTP 403", http_status=403)
+    return [queues.dead_letter(body, failure, source="src-twice") for _ in range(2)]
+
+
+def test_list_and_the_digest_count_a_source_message_id_once(
+    queues: Queues, twice: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dlq", "list", *queues.flags]) == 0
+
+    out = capsys.readouterr().out
+    assert len(table_rows(out)) == 1
+    assert "1 dead letter(s): 1 auth" in out
+    sender = DigestSender(
+        queues.sqs,
+        boto3.client("sns"),
+        dlq_url=queues.dlq_url,
+        topic_arn="arn:aws:sns:us-east-1:123456789012:unused",
+        stack_name="callcancel-test",
+        region="us-east-1",
+        limit=100,
+    )
+    digest = sender.digest()
+    assert digest.visible == 1
+    assert digest.subject == "callcancel callcancel-test: 1 dead letter(s), 1 auth"
+
+
+def test_redrive_moves_one_copy_and_deletes_the_other(
+    queues: Queues, twice: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dlq", "redrive", "--class", "auth", "--dry-run", *queues.flags]) == 0
+    assert main(["dlq", "redrive", "--class", "auth", *queues.flags]) == 0
+
+    assert queues.bodies(queues.queue_url) == [json.dumps(ryng("d-1", "globex"))]
+    assert queues.depth(queues.dlq_url) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "dry run: would move 1 dead letter(s): 1 auth",
+        "would delete 1 second cop(ies) of those (same source_message_id)",
+        "would leave 0 dead letter(s) on the DLQ",
+        "1 dead letter(s) moved to CancelQueue: 1 auth",
+        "deleted 1 second cop(ies) of those (same source_message_id)",
+        "left 0 dead letter(s) on the DLQ",
+    ]
+
+
+def test_discard_deletes_both_copies(queues: Queues, twice: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "discard", "--class", "auth", *queues.flags]) == 0
+
+    assert queues.depth(queues.dlq_url) == 0
+    assert "1 dead letter(s) deleted: 1 auth" in capsys.readouterr().out

@@ -4,18 +4,18 @@ Exit status: 0 done; 1 AWS refused or failed (or some messages could not be hand
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -151,7 +151,7 @@ class Cli:
 
     def dlq_list(self) -> int:
         dlq_url = self.locator.dead_letter_queue()
-        letters = dlq.list_letters(self.sqs, dlq_url, self.args.limit)
+        letters, read = dlq.list_letters(self.sqs, dlq_url, self.args.limit)
         now = datetime.now(UTC)
         table = Table("class", "provider", "account", "target", "reason", "attempts", "age", "message id")
         for letter in sorted(letters, key=lambda x: (x.failure_class, x.failed_at or now)):
@@ -167,7 +167,7 @@ class Cli:
             )
         self.out.print(table)
         counts = ", ".join(f"{n} {c}" for c, n in sorted(Counter(x.failure_class for x in letters).items()))
-        limit = f" (the first {self.args.limit}: --limit shows more)" if len(letters) == self.args.limit else ""
+        limit = f" (the first {read}: --limit shows more)" if read == self.args.limit else ""
         print(f"{len(letters)} dead letter(s){limit}{': ' + counts if counts else ''}")
         return 0
 
@@ -182,33 +182,50 @@ class Cli:
 
     def dlq_redrive(self) -> int:
         dlq_url, queue_url = self.locator.dead_letter_queue(), self.locator.cancel_queue()
-        sweep = dlq.redrive(
-            self.sqs,
-            dlq_url,
-            queue_url,
-            failure_class=self.args.failure_class,
-            dry_run=self.args.dry_run,
-            # One try: where the service has no move task, retrying only delays the fallback.
-            task_sqs=self._session.client("sqs", config=Config(retries={"total_max_attempts": 1})),
-        )
+        with self._progress("reading the DLQ") as on_progress:
+            sweep = dlq.redrive(
+                self.sqs,
+                dlq_url,
+                queue_url,
+                failure_class=self.args.failure_class,
+                dry_run=self.args.dry_run,
+                on_progress=on_progress,
+            )
         return self._report(sweep, "moved to CancelQueue", "would move")
 
     def dlq_discard(self) -> int:
         dlq_url = self.locator.dead_letter_queue()
-        sweep = dlq.discard(self.sqs, dlq_url, failure_class=self.args.failure_class, dry_run=self.args.dry_run)
+        with self._progress("reading the DLQ") as on_progress:
+            sweep = dlq.discard(
+                self.sqs,
+                dlq_url,
+                failure_class=self.args.failure_class,
+                dry_run=self.args.dry_run,
+                on_progress=on_progress,
+            )
         return self._report(sweep, "deleted", "would delete")
+
+    @contextlib.contextmanager
+    def _progress(self, what: str) -> Iterator[Callable[[int, int], None]]:
+        """A progress bar on stderr, fed (done, total)."""
+        with Progress(
+            TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=self.err, transient=True
+        ) as progress:
+            task = progress.add_task(what, total=None)
+            yield lambda done, total: progress.update(task, completed=done, total=max(done, total))
 
     def _report(self, sweep: dlq.Sweep, done: str, would: str) -> int:
         by_class = ", ".join(f"{n} {c}" for c, n in sorted(sweep.matched.items()))
         if sweep.dry_run:
             print(f"dry run: {would} {sweep.matched.total()} dead letter(s){': ' + by_class if by_class else ''}")
-        elif sweep.move_task:
-            print(f"{sweep.done} dead letter(s) {done} by SQS (message move task {sweep.move_task})")
         else:
             print(f"{sweep.done} dead letter(s) {done}{': ' + by_class if by_class else ''}")
-        if not sweep.move_task:
-            left = sweep.kept + len(sweep.failed)
-            print(f"{'would leave' if sweep.dry_run else 'left'} {left} dead letter(s) on the DLQ")
+        if sweep.duplicates:
+            verb = "would delete" if sweep.dry_run else "deleted"
+            print(f"{verb} {sweep.duplicates} second cop(ies) of those (same source_message_id)")
+        if sweep.newer:
+            print(f"skipped {sweep.newer} dead letter(s) that arrived after it began")
+        print(f"{'would leave' if sweep.dry_run else 'left'} {sweep.left} dead letter(s) on the DLQ")
         for line in capped([f"not handled: {message_id}: {why}" for message_id, why in sweep.failed.items()]):
             print(line, file=sys.stderr)
         return 1 if sweep.failed else 0

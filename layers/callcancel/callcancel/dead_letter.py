@@ -89,6 +89,11 @@ class StoredDeadLetter:
             provider_message=item.get("provider_message"),
         )
 
+    @property
+    def key(self) -> str:
+        """The CancelQueue message it came from: two dead letters with one key are copies of one failure."""
+        return self.source_message_id or self.message_id
+
     @functools.cached_property
     def _request(self) -> dict[str, Any]:
         # The body is whatever the producer sent, valid or not: read it leniently.
@@ -121,6 +126,14 @@ class StoredDeadLetter:
 
 
 UNCLASSIFIED = "unclassified"
+
+
+def distinct(letters: list[StoredDeadLetter]) -> list[StoredDeadLetter]:
+    """Each letter once: a worker killed between its dead-letter send and its ack leaves two copies."""
+    first: dict[str, StoredDeadLetter] = {}
+    for letter in letters:
+        first.setdefault(letter.key, letter)
+    return list(first.values())
 
 
 def _parse_time(value: str) -> datetime | None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter
+from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter, distinct
 from callcancel.errors import FailureClass
 from callcancel.observability import logger
 from callcancel.peek import peek
@@ -200,10 +200,11 @@ class DigestSender:
                 "Attributes"
             ]["ApproximateNumberOfMessages"]
         )
-        letters = [StoredDeadLetter.from_peeked(item) for item in peek(self._sqs, self._dlq_url, self._limit)]
-        return build_digest(
-            letters, visible=max(visible, len(letters)), stack_name=self._stack_name, region=self._region, alarm=alarm
-        )
+        items = peek(self._sqs, self._dlq_url, self._limit)
+        letters = distinct([StoredDeadLetter.from_peeked(item) for item in items])
+        # Under the limit, every letter was read: count them. Else SQS's count, less the copies the sample held.
+        visible = len(letters) if len(items) < self._limit else max(visible - (len(items) - len(letters)), len(letters))
+        return build_digest(letters, visible=visible, stack_name=self._stack_name, region=self._region, alarm=alarm)
 
     def send(self, event: dict[str, Any]) -> dict[str, Any]:
         """Publish the digest for an alarm going to ALARM; other states, or an emptied DLQ, send nothing."""

@@ -1,20 +1,28 @@
 """The dead-letter queue, for operators: read it, and move or discard what a fix has dealt with.
 
-Moving is never lossy: a message leaves the DLQ only after SQS accepted its copy on CancelQueue. Within
-one run a message is handled once, even if it comes back into view. The one window for a double is a
-delete that fails after its send succeeded; the worker's idempotency then stops a second call for a
-request with a `request_id`.
+Moving is never lossy: a message leaves the DLQ only after SQS accepted its copy on CancelQueue.
+
+A run ends, and handles each dead letter at most once, even while the worker dead-letters the moved copies
+again (with new message ids) or other letters keep arriving. It takes only the letters that were on the DLQ
+when it began: those SQS stamped (SentTimestamp) before the start, by SQS's own clock, and not the ones
+whose `source_message_id` is one of its own copies. It stops at an empty receive, or when receives stop
+bringing letters from before the start that it has not seen. (The DLQ's depth is approximate: it only
+sizes the progress bar.) What it does not take off the DLQ is hidden only while the run lasts, so that the
+run ends, then made visible again at once.
+
+A dead letter is counted once per `source_message_id`: a worker killed between its dead-letter send and
+its ack leaves two copies. A redrive moves one and deletes the other; a discard deletes both.
 """
 
-import time
+import threading
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from botocore.exceptions import ClientError
-
-from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter
+from callcancel.dead_letter import UNCLASSIFIED, StoredDeadLetter, distinct
 from callcancel.errors import FailureClass
 from callcancel.peek import peek, show_again
 
@@ -25,15 +33,23 @@ if TYPE_CHECKING:
 CLASSES = (*(str(c) for c in FailureClass), UNCLASSIFIED)
 # What redrive and discard do to the matching messages of one receive: the ids it could not handle, with why.
 Action = Callable[[list["MessageTypeDef"]], dict[str, str]]
-HIDE_SECONDS = 300  # while a run holds a message: long enough for the slowest sweep of a full queue
-MOVE_TASK_POLL_SECONDS = 2.0
+Progress = Callable[[int, int], None]  # (letters looked at so far, the DLQ's depth at the start)
+HIDE_SECONDS = 120  # while a run holds a message; a run of 10,000 letters takes seconds
+RECEIVERS = 8  # receive -> act loops at once: 10,000 letters are 1,000 receives
+IDLE_RECEIVES = 5  # receives in a row with no letter from before the start: the rest is new arrivals
 # Long polling: SQS then asks all its hosts, so an empty answer means an empty queue, not an unlucky sample.
 RECEIVE_WAIT_SECONDS = 1
 
 
-def list_letters(sqs: "SQSClient", dlq_url: str, limit: int = 100) -> list[StoredDeadLetter]:
+class Listing(NamedTuple):
+    letters: list[StoredDeadLetter]  # each `source_message_id` once
+    read: int  # messages read, copies included: `limit` of them means there may be more
+
+
+def list_letters(sqs: "SQSClient", dlq_url: str, limit: int = 100) -> Listing:
     """Up to `limit` dead letters, left on the queue."""
-    return [StoredDeadLetter.from_peeked(item) for item in peek(sqs, dlq_url, limit)]
+    items = peek(sqs, dlq_url, limit)
+    return Listing(distinct([StoredDeadLetter.from_peeked(item) for item in items]), len(items))
 
 
 def find_letter(sqs: "SQSClient", dlq_url: str, message_id: str, limit: int = 1000) -> dict[str, Any] | None:
@@ -46,14 +62,19 @@ def find_letter(sqs: "SQSClient", dlq_url: str, message_id: str, limit: int = 10
 
 @dataclass
 class Sweep:
-    """What a redrive or discard did: matching letters, by class, and how many were handled."""
+    """What a redrive or discard did: matching letters, by class, and how many were handled or left."""
 
     dry_run: bool
     matched: Counter[str] = field(default_factory=Counter)
     done: int = 0
-    kept: int = 0  # letters that did not match, left on the DLQ
+    kept: int = 0  # letters from before the start that did not match, left on the DLQ
+    newer: int = 0  # letters that arrived after the start (the worker's own, again): skipped, left
+    duplicates: int = 0  # second copies of a letter handled here: deleted with it (or would be)
     failed: dict[str, str] = field(default_factory=dict)  # message id -> why it stayed
-    move_task: str | None = None  # the StartMessageMoveTask handle, when SQS moved them itself
+
+    @property
+    def left(self) -> int:
+        return self.kept + self.newer + len(self.failed)
 
 
 def _class_of(message: "MessageTypeDef") -> str:
@@ -61,61 +82,174 @@ def _class_of(message: "MessageTypeDef") -> str:
     return str(attribute.get("StringValue") or UNCLASSIFIED)
 
 
+def _key_of(message: "MessageTypeDef") -> str:
+    # As StoredDeadLetter.key: the CancelQueue message it came from. The queue's redrive policy keeps the id.
+    attribute: Any = message.get("MessageAttributes", {}).get("source_message_id", {})
+    return str(attribute.get("StringValue") or message["MessageId"])
+
+
 def _check_class(failure_class: str | None) -> None:
     if failure_class is not None and failure_class not in CLASSES:
         raise ValueError(f"unknown failure class {failure_class!r}: one of {', '.join(CLASSES)}")
 
 
-def _receive(sqs: "SQSClient", dlq_url: str) -> list["MessageTypeDef"]:
-    return sqs.receive_message(
+def _start(sqs: "SQSClient", dlq_url: str) -> tuple[int, int]:
+    """The start by SQS's clock (epoch ms, rounded up to its whole second) and the DLQ's depth then."""
+    answer = sqs.get_queue_attributes(
         QueueUrl=dlq_url,
-        MaxNumberOfMessages=10,
-        VisibilityTimeout=HIDE_SECONDS,
-        MessageAttributeNames=["All"],
-        WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
-    ).get("Messages", [])
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    depth = sum(int(value) for value in answer["Attributes"].values())
+    # SQS's Date header, not this machine's clock: SentTimestamp is SQS's. It has whole seconds, so a letter
+    # dead-lettered again within the first second counts as older; the copy ids catch those.
+    date = answer["ResponseMetadata"]["HTTPHeaders"]["date"]
+    return int(parsedate_to_datetime(date).timestamp() + 1) * 1000, depth
 
 
-def _sweep(sqs: "SQSClient", dlq_url: str, failure_class: str | None, act: Action | None) -> Sweep:
-    """Receive every message once; hand the matching ones to `act` (None: a dry run).
+class _Sweeper:
+    """Several receive -> act loops over one DLQ, sharing what they have seen."""
 
-    Whatever `act` did not take off the queue stays hidden until the end, so that the loop ends, and is
-    then made visible again at once, even when the run stops on an error.
-    """
-    sweep = Sweep(dry_run=act is None)
-    seen: set[str] = set()
-    held: dict[str, str] = {}  # message id -> latest receipt handle, for what is still on the DLQ
-    try:
-        while messages := _receive(sqs, dlq_url):
-            held |= {m["MessageId"]: m["ReceiptHandle"] for m in messages}
-            fresh = [m for m in messages if m["MessageId"] not in seen]
-            seen.update(m["MessageId"] for m in fresh)
-            matching = [m for m in fresh if failure_class in (None, _class_of(m))]
-            sweep.kept += len(fresh) - len(matching)
-            sweep.matched.update(_class_of(m) for m in matching)
-            if act and matching:
-                for message_id in _act(sweep, act, matching):
-                    del held[message_id]
-    finally:
-        show_again(sqs, dlq_url, list(held.values()))
-    return sweep
+    def __init__(
+        self,
+        sqs: "SQSClient",
+        dlq_url: str,
+        *,
+        failure_class: str | None,
+        act: Action | None,
+        on_progress: Progress | None,
+        copies: set[str] | None = None,
+    ) -> None:
+        self._sqs = sqs
+        self._dlq_url = dlq_url
+        self._failure_class = failure_class
+        self._act = act
+        self._on_progress = on_progress
+        self.sweep = Sweep(dry_run=act is None)
+        self._copies = copies or set()  # CancelQueue message ids of what this run moved there
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._seen: set[str] = set()  # DLQ message ids looked at
+        self._handled: dict[str, bool] = {}  # letter key -> taken off the DLQ (or would be, in a dry run)
+        self._held: dict[str, str] = {}  # message id -> latest receipt handle, of what is still on the DLQ
+        self._second_copies: dict[str, str] = {}  # message id -> key, for copies of a letter already looked at
+        self._looked_at = 0
+        self._idle = 0
+
+    def run(self) -> Sweep:
+        self._cutoff, self._depth = _start(self._sqs, self._dlq_url)
+        try:
+            with ThreadPoolExecutor(max_workers=RECEIVERS, thread_name_prefix="dlq") as pool:
+                loops = [pool.submit(self._loop) for _ in range(RECEIVERS)]
+                try:
+                    for loop in loops:
+                        loop.result()
+                except BaseException:  # Ctrl-C or an AWS error: the other loops finish what they hold, then stop
+                    self._stop.set()
+                    raise
+        finally:
+            self._finish()
+        return self.sweep
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                messages = self._receive()
+                if not messages:
+                    break
+                matching = self._sort(messages)
+                if matching and self._act:
+                    failed = self._act(matching)
+                    with self._lock:
+                        self._settle(matching, failed)
+        finally:
+            self._stop.set()
+
+    def _receive(self) -> list["MessageTypeDef"]:
+        return self._sqs.receive_message(
+            QueueUrl=self._dlq_url,
+            MaxNumberOfMessages=10,
+            VisibilityTimeout=HIDE_SECONDS,
+            MessageAttributeNames=["All"],
+            MessageSystemAttributeNames=["SentTimestamp"],
+            WaitTimeSeconds=RECEIVE_WAIT_SECONDS,
+        ).get("Messages", [])
+
+    def _sort(self, messages: list["MessageTypeDef"]) -> list["MessageTypeDef"]:
+        """The letters to handle now; everything else is held until the end."""
+        matching, older = [], 0
+        with self._lock:
+            for message in messages:
+                message_id = message["MessageId"]
+                self._held[message_id] = message["ReceiptHandle"]
+                if message_id in self._seen:
+                    continue
+                self._seen.add(message_id)
+                key = _key_of(message)
+                sent = int(message.get("Attributes", {}).get("SentTimestamp", "0"))
+                if sent >= self._cutoff or key in self._copies:
+                    self.sweep.newer += 1
+                    continue
+                older += 1
+                if key in self._handled:
+                    self._second_copies[message_id] = key
+                elif self._failure_class in (None, _class_of(message)):
+                    self._handled[key] = self._act is None
+                    self.sweep.matched[_class_of(message)] += 1
+                    matching.append(message)
+                else:
+                    self._handled[key] = False
+                    self.sweep.kept += 1
+            self._looked_at += older
+            self._idle = 0 if older else self._idle + 1
+            if self._idle >= IDLE_RECEIVES:
+                self._stop.set()
+            looked_at = self._looked_at
+        if self._on_progress:
+            self._on_progress(looked_at, self._depth)
+        return matching
+
+    def _settle(self, messages: list["MessageTypeDef"], failed: dict[str, str]) -> None:
+        self.sweep.failed |= failed
+        for message in messages:
+            if message["MessageId"] not in failed:
+                del self._held[message["MessageId"]]
+                self._handled[_key_of(message)] = True
+                self.sweep.done += 1
+
+    def _finish(self) -> None:
+        """Delete second copies of what was taken off the DLQ; make everything else visible again at once."""
+        gone = {
+            message_id: self._held[message_id]
+            for message_id, key in self._second_copies.items()
+            if self._handled[key] and message_id in self._held
+        }
+        self.sweep.duplicates = len(gone)
+        self.sweep.kept += len(self._second_copies) - len(gone)
+        if gone and self._act:
+            refused = _delete_handles(self._sqs, self._dlq_url, gone)
+            self.sweep.failed |= refused
+            self.sweep.duplicates -= len(refused)
+            gone = {k: v for k, v in gone.items() if k not in refused}
+        else:
+            gone = {}
+        show_again(self._sqs, self._dlq_url, [h for message_id, h in self._held.items() if message_id not in gone])
 
 
-def _act(sweep: Sweep, act: Action, messages: list["MessageTypeDef"]) -> list[str]:
-    """The ids of the messages `act` took off the DLQ."""
-    failed = act(messages)
-    sweep.failed |= failed
-    gone = [m["MessageId"] for m in messages if m["MessageId"] not in failed]
-    sweep.done += len(gone)
-    return gone
+def _delete_handles(sqs: "SQSClient", dlq_url: str, handles: dict[str, str]) -> dict[str, str]:
+    """Delete by receipt handle, 10 per call; the ids SQS refused, with why."""
+    refused: dict[str, str] = {}
+    items = list(handles.items())
+    for start in range(0, len(items), 10):
+        chunk = items[start : start + 10]
+        answer = sqs.delete_message_batch(
+            QueueUrl=dlq_url, Entries=[{"Id": str(i), "ReceiptHandle": h} for i, (_, h) in enumerate(chunk)]
+        )
+        refused |= {chunk[int(f["Id"])][0]: f"delete refused: {f['Code']}" for f in answer.get("Failed", [])}
+    return refused
 
 
 def _delete(sqs: "SQSClient", dlq_url: str, messages: list["MessageTypeDef"]) -> dict[str, str]:
-    answer = sqs.delete_message_batch(
-        QueueUrl=dlq_url,
-        Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
-    )
-    return {messages[int(f["Id"])]["MessageId"]: f"delete refused: {f['Code']}" for f in answer.get("Failed", [])}
+    return _delete_handles(sqs, dlq_url, {m["MessageId"]: m["ReceiptHandle"] for m in messages})
 
 
 def _attributes(message: "MessageTypeDef") -> dict[str, Any]:
@@ -127,7 +261,7 @@ def _attributes(message: "MessageTypeDef") -> dict[str, Any]:
     }
 
 
-def _mover(sqs: "SQSClient", dlq_url: str, queue_url: str) -> Action:
+def _mover(sqs: "SQSClient", dlq_url: str, queue_url: str, copies: set[str]) -> Action:
     def move(messages: list["MessageTypeDef"]) -> dict[str, str]:
         answer = sqs.send_message_batch(
             QueueUrl=queue_url,
@@ -136,54 +270,13 @@ def _mover(sqs: "SQSClient", dlq_url: str, queue_url: str) -> Action:
                 for i, m in enumerate(messages)
             ],
         )
+        # The worker names the copy in what it dead-letters (source_message_id): that is how it is recognised.
+        copies.update(entry["MessageId"] for entry in answer.get("Successful", []))
         refused = {messages[int(f["Id"])]["MessageId"]: f"send refused: {f['Code']}" for f in answer.get("Failed", [])}
         sent = [m for m in messages if m["MessageId"] not in refused]
         return refused | (_delete(sqs, dlq_url, sent) if sent else {})
 
     return move
-
-
-def _queue_arn(sqs: "SQSClient", url: str) -> str:
-    return sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-
-
-# Answers meaning "this service does not offer message move tasks" (or not for this queue), not "you may not".
-_NOT_OFFERED = {
-    "UnsupportedOperation",
-    "AWS.SimpleQueueService.UnsupportedOperation",
-    "InvalidAction",
-    "NotImplemented",
-}
-_TASK_ACTIVE = ("RUNNING", "CANCELLING")
-
-
-def _not_offered(exc: ClientError) -> bool:
-    code = exc.response.get("Error", {}).get("Code")
-    # moto answers an action it does not implement with HTTP 500 and an HTML page; botocore then makes the
-    # status the code. SQS itself always names its error.
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in _NOT_OFFERED or code == str(status)
-
-
-def _move_task(sqs: "SQSClient", task_sqs: "SQSClient", dlq_url: str, queue_url: str) -> Sweep | None:
-    """Let SQS move everything (StartMessageMoveTask) and wait for it; None where the service does not offer it."""
-    source, destination = _queue_arn(sqs, dlq_url), _queue_arn(sqs, queue_url)
-    try:
-        handle = task_sqs.start_message_move_task(SourceArn=source, DestinationArn=destination)["TaskHandle"]
-    except ClientError as exc:
-        if _not_offered(exc):
-            return None  # moving message by message is always correct, only slower
-        raise
-    while True:
-        results = sqs.list_message_move_tasks(SourceArn=source, MaxResults=1).get("Results", [])
-        task = results[0] if results else {"Status": "RUNNING"}  # just started: not listed yet
-        if task.get("Status") not in _TASK_ACTIVE:
-            break
-        time.sleep(MOVE_TASK_POLL_SECONDS)
-    sweep = Sweep(dry_run=False, done=int(task.get("ApproximateNumberOfMessagesMoved", 0)), move_task=handle)
-    if task.get("Status") != "COMPLETED":
-        sweep.failed[handle] = f"move task {task.get('Status')}: {task.get('FailureReason', 'no reason given')}"
-    return sweep
 
 
 def redrive(
@@ -193,21 +286,27 @@ def redrive(
     *,
     failure_class: str | None = None,
     dry_run: bool = False,
-    task_sqs: "SQSClient | None" = None,
+    on_progress: Progress | None = None,
 ) -> Sweep:
     """Send dead letters (all, or one class) back to CancelQueue, with their bodies and attributes as they are.
 
-    All of them: SQS moves them itself (StartMessageMoveTask) where it can. `task_sqs` is the client that
-    tries it (default `sqs`): give one without retries, since where the task is not offered (moto answers
-    HTTP 500) botocore's retries only delay the fallback by seconds.
+    Each letter that was on the DLQ at the start moves at most once, whatever the worker does with the copy.
     """
     _check_class(failure_class)
-    if failure_class is None and not dry_run and (sweep := _move_task(sqs, task_sqs or sqs, dlq_url, queue_url)):
-        return sweep
-    return _sweep(sqs, dlq_url, failure_class, None if dry_run else _mover(sqs, dlq_url, queue_url))
+    copies: set[str] = set()
+    act = None if dry_run else _mover(sqs, dlq_url, queue_url, copies)
+    return _Sweeper(sqs, dlq_url, failure_class=failure_class, act=act, on_progress=on_progress, copies=copies).run()
 
 
-def discard(sqs: "SQSClient", dlq_url: str, *, failure_class: str | None, dry_run: bool = False) -> Sweep:
+def discard(
+    sqs: "SQSClient",
+    dlq_url: str,
+    *,
+    failure_class: str | None,
+    dry_run: bool = False,
+    on_progress: Progress | None = None,
+) -> Sweep:
     """Delete dead letters (all, or one class) that must not be sent again."""
     _check_class(failure_class)
-    return _sweep(sqs, dlq_url, failure_class, None if dry_run else lambda ms: _delete(sqs, dlq_url, ms))
+    act = None if dry_run else lambda ms: _delete(sqs, dlq_url, ms)
+    return _Sweeper(sqs, dlq_url, failure_class=failure_class, act=act, on_progress=on_progress).run()
