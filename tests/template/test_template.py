@@ -1,7 +1,8 @@
 """template.yaml and samconfig.toml hold the design's rules: runtime, queues, least-privilege IAM, contract env.
 
 The static checks read the template with cfn-lint's loader, so intrinsics parse as {"Ref": ...} and
-{"Fn::GetAtt": [...]}. The last two tests run `sam validate --lint` and `sam build` for real.
+{"Fn::GetAtt": [...]}. What SAM generates from a function's events (rules, EventInvokeConfig) is checked on
+the template the SAM translator makes of it. The last two tests run `sam validate --lint` and `sam build` for real.
 """
 
 import json
@@ -17,6 +18,8 @@ from typing import Any
 import pytest
 from cfnlint.decode.cfn_yaml import load
 from moto.events.models import EventPattern
+from samtranslator.translator.transform import transform  # type: ignore[import-untyped]
+from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
 from callcancel.outcomes import CANCEL_FAILED, DETAIL_TYPES, EVENT_FAILED_METRIC, EVENT_SOURCE, RECORD_FAILED_METRIC
 
@@ -57,6 +60,27 @@ def template() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def resources(template: dict[str, Any]) -> dict[str, Any]:
     return template["Resources"]
+
+
+class _NoManagedPolicies:
+    """Every role in the template is explicit: the translator needs no managed policy names."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+@pytest.fixture(scope="module")
+def transformed() -> dict[str, Any]:
+    """Resources as CloudFormation gets them from the SAM translator (code URIs stand in for `sam package`)."""
+    document = yaml_parse(TEMPLATE.read_text())
+    for name, resource in document["Resources"].items():
+        for key in ("CodeUri", "ContentUri"):
+            if key in resource.get("Properties", {}):
+                resource["Properties"][key] = f"s3://artifacts/{name}.zip"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_DEFAULT_REGION", "us-east-1")  # the translator builds ARNs in a region
+        resources: dict[str, Any] = transform(document, {}, _NoManagedPolicies())["Resources"]
+    return resources
 
 
 def props(resources: dict[str, Any], name: str) -> dict[str, Any]:
@@ -157,6 +181,13 @@ def test_both_queues_deny_requests_without_tls(resources: dict[str, Any]) -> Non
 
 
 # ---- state --------------------------------------------------------------------------------------
+
+
+def test_deferred_table_is_retained_and_restorable(resources: dict[str, Any]) -> None:
+    table = resources["DeferredTable"]
+
+    assert (table["DeletionPolicy"], table["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    assert table["Properties"]["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
 
 
 def test_idempotency_table_uses_the_powertools_key_and_ttl(resources: dict[str, Any]) -> None:
@@ -422,18 +453,31 @@ def test_cancel_requested_events_go_to_the_cancel_queue_with_retries_and_a_dead_
     assert failures["MessageRetentionPeriod"] == FOURTEEN_DAYS
 
 
-def test_only_the_way_in_rule_may_send_as_eventbridge(resources: dict[str, Any]) -> None:
+# queue -> the only rule that may send to it as EventBridge
+EVENTBRIDGE_SENDERS = {
+    "CancelQueue": "CancelRequestedRule",  # the way in
+    "CancelRequestedFailures": "CancelRequestedRule",
+    "DigestFailures": "DlqDigestDeadLetterAlarm",  # the rule SAM makes from DlqDigest's event
+}
+
+
+def test_only_named_rules_may_send_as_eventbridge(resources: dict[str, Any], transformed: dict[str, Any]) -> None:
     statements = props(resources, "QueuesPolicy")["PolicyDocument"]["Statement"]
     allows = [s for s in statements if s["Effect"] == "Allow"]
     deny = next(s for s in statements if s["Effect"] == "Deny")
+    senders = {
+        s["Resource"]["Fn::GetAtt"][0]: s["Condition"]["ArnEquals"]["aws:SourceArn"]["Fn::GetAtt"][0] for s in allows
+    }
 
-    assert {str(s["Resource"]) for s in allows} == {str(arn_of("CancelQueue")), str(arn_of("CancelRequestedFailures"))}
+    assert senders == EVENTBRIDGE_SENDERS
     for statement in allows:
         assert statement["Principal"] == {"Service": "events.amazonaws.com"}
         assert as_list(statement["Action"]) == ["sqs:SendMessage"]
-        assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": arn_of("CancelRequestedRule")}}
-    assert arn_of("CancelRequestedFailures") in deny["Resource"]
-    assert {"Ref": "CancelRequestedFailures"} in props(resources, "QueuesPolicy")["Queues"]
+        assert set(statement["Condition"]) == {"ArnEquals"}
+    for queue, rule in EVENTBRIDGE_SENDERS.items():
+        assert arn_of(queue) in deny["Resource"]
+        assert {"Ref": queue} in props(resources, "QueuesPolicy")["Queues"]
+        assert transformed[rule]["Type"] == "AWS::Events::Rule"
 
 
 def test_no_outcome_event_matches_a_rule_on_the_bus(resources: dict[str, Any]) -> None:
@@ -458,6 +502,7 @@ def test_no_outcome_event_matches_a_rule_on_the_bus(resources: dict[str, Any]) -
 ALARMS = {
     "DeadLetterAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "DeadLetterQueue"),
     "PurgeFailuresAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "PurgeFailures"),
+    "DigestFailuresAlarm": ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "DigestFailures"),
     "OldestRequestAlarm": ("AWS/SQS", "ApproximateAgeOfOldestMessage", "QueueName", "CancelQueue"),
     "WorkerErrorsAlarm": ("AWS/Lambda", "Errors", "FunctionName", "CancelWorker"),
     "WorkerThrottlesAlarm": ("AWS/Lambda", "Throttles", "FunctionName", "CancelWorker"),
@@ -493,18 +538,7 @@ def test_alarm_watches_its_resource_and_notifies_the_alert_topic(resources: dict
     assert spec["AlarmDescription"]
 
 
-@pytest.mark.parametrize(
-    "alarm",
-    [
-        "DeadLetterAlarm",
-        "PurgeFailuresAlarm",
-        "WorkerErrorsAlarm",
-        "WorkerThrottlesAlarm",
-        "OutcomeRecordsFailedAlarm",
-        "OutcomeEventsFailedAlarm",
-        "CancelRequestedFailuresAlarm",
-    ],
-)
+@pytest.mark.parametrize("alarm", sorted(set(ALARMS) - {"OldestRequestAlarm"}))
 def test_count_alarms_fire_on_the_first_one(resources: dict[str, Any], alarm: str) -> None:
     spec = props(resources, alarm)
 
@@ -581,9 +615,37 @@ def test_digest_role_peeks_the_dlq_and_publishes_only_to_the_topic(resources: di
         ("sqs:ChangeMessageVisibility", str(arn_of("DeadLetterQueue"))),
         ("sqs:GetQueueAttributes", str(arn_of("DeadLetterQueue"))),
         ("sns:Publish", str({"Ref": "AlertTopic"})),
+        ("sqs:SendMessage", str(arn_of("DigestFailures"))),
         ("kms:GenerateDataKey", str(arn_of("AlertKey"))),
         ("kms:Decrypt", str(arn_of("AlertKey"))),
     }
+
+
+def test_digest_rule_retries_then_dead_letters_to_digest_failures(transformed: dict[str, Any]) -> None:
+    rules = [r for r in transformed.values() if r["Type"] == "AWS::Events::Rule"]
+    (target,) = [t for rule in rules for t in rule["Properties"]["Targets"] if t["Arn"] == arn_of("DlqDigest")]
+
+    assert target["DeadLetterConfig"] == {"Arn": arn_of("DigestFailures")}
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] >= 1
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] >= 60
+
+
+def test_failed_digest_runs_are_retried_then_land_on_digest_failures(transformed: dict[str, Any]) -> None:
+    (invoke,) = [
+        r["Properties"]
+        for r in transformed.values()
+        if r["Type"] == "AWS::Lambda::EventInvokeConfig" and r["Properties"]["FunctionName"] == {"Ref": "DlqDigest"}
+    ]
+
+    assert invoke["MaximumRetryAttempts"] in (1, 2)
+    assert invoke["DestinationConfig"]["OnFailure"] == {"Destination": arn_of("DigestFailures")}
+
+
+def test_digest_failures_is_encrypted_and_kept_14_days(resources: dict[str, Any]) -> None:
+    failures = props(resources, "DigestFailures")
+
+    assert failures["SqsManagedSseEnabled"] is True
+    assert failures["MessageRetentionPeriod"] == FOURTEEN_DAYS
 
 
 def test_dashboard_shows_outcomes_dlq_depth_queue_age_duration_and_concurrency(resources: dict[str, Any]) -> None:
@@ -642,6 +704,7 @@ def test_dashboard_shows_outcomes_dlq_depth_queue_age_duration_and_concurrency(r
         "NightlyPurgeName",
         "AlertTopicArn",
         "DlqDigestName",
+        "DigestFailuresUrl",
         "DashboardName",
         "EventBusName",
         "OutcomeTableName",
