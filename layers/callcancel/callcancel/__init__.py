@@ -3,16 +3,22 @@
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from callcancel.outcome_record import status
     from callcancel.producer import publish
 
 __version__ = "0.1.0"
-__all__ = ["publish"]
+__all__ = ["publish", "status"]
 
 
 def __getattr__(name: str) -> Any:
-    # `callcancel.publish(...)` for producers, imported on first use: the Lambda functions never pay for it.
+    # `callcancel.publish(...)` and `callcancel.status(...)` for producers, imported on first use: the Lambda
+    # functions never pay for them.
     if name == "publish":
         from callcancel.producer import publish  # noqa: PLC0415
 
         return publish
+    if name == "status":
+        from callcancel.outcome_record import status  # noqa: PLC0415
+
+        return status
     raise AttributeError(f"module 'callcancel' has no attribute {name!r}")

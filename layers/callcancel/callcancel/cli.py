@@ -1,6 +1,8 @@
-"""`callcancel`: publish cancel requests, and read, redrive or discard dead letters. Arguments and printing only.
+"""`callcancel`: publish cancel requests, tell what became of them, and read, redrive or discard dead letters.
+Arguments and printing only.
 
-Exit status: 0 done; 1 AWS refused or failed (or some messages could not be handled); 2 bad input, nothing sent.
+Exit status: 0 done; 1 AWS refused or failed (or some messages could not be handled); 2 bad input, nothing sent;
+3 `status` of a request with no outcome recorded.
 """
 
 import argparse
@@ -24,8 +26,20 @@ from rich.table import Table
 from callcancel import dlq
 from callcancel.dead_letter import ATTRIBUTES, StoredDeadLetter
 from callcancel.errors import InvalidRequest
-from callcancel.locate import DLQ_URL_ENV, QUEUE_URL_ENV, LocateError, QueueLocator
-from callcancel.producer import CSV_COLUMNS, InvalidCsv, capped, encode, publish, publish_rows, read_csv_file
+from callcancel.locate import DLQ_URL_ENV, EVENT_BUS_ENV, OUTCOME_TABLE_ENV, QUEUE_URL_ENV, LocateError, QueueLocator
+from callcancel.outcome_record import OutcomeRecord, read_outcome
+from callcancel.producer import (
+    CSV_COLUMNS,
+    InvalidCsv,
+    PublishRefused,
+    capped,
+    encode,
+    publish,
+    publish_rows,
+    read_csv_file,
+)
+
+UNKNOWN_REQUEST = 3
 
 
 def _where() -> argparse.ArgumentParser:
@@ -38,6 +52,21 @@ def _where() -> argparse.ArgumentParser:
     group.add_argument("--dlq-url", default=argparse.SUPPRESS, help=f"DeadLetterQueue URL (or ${DLQ_URL_ENV})")
     group.add_argument("--region", default=argparse.SUPPRESS, help="default: samconfig.toml's, else boto3's")
     return where
+
+
+def _via() -> argparse.ArgumentParser:
+    via = argparse.ArgumentParser(add_help=False)
+    group = via.add_argument_group("the way in")
+    group.add_argument(
+        "--via",
+        choices=["sqs", "eventbridge"],
+        default=argparse.SUPPRESS,
+        help="sqs (default): SendMessage to CancelQueue; eventbridge: a Cancel Requested event on the stack's bus",
+    )
+    group.add_argument(
+        "--event-bus", default=argparse.SUPPRESS, help=f"the bus, for --via eventbridge (or ${EVENT_BUS_ENV})"
+    )
+    return via
 
 
 def _positive(text: str) -> int:
@@ -54,6 +83,7 @@ def _request_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _publish_parsers(commands: Any, where: argparse.ArgumentParser) -> None:
+    where = argparse.ArgumentParser(add_help=False, parents=[where, _via()])
     publish = commands.add_parser("publish", parents=[where], help="publish cancel requests to CancelQueue")
     publish.add_argument(
         "--csv", type=Path, metavar="FILE", help="a request per row, under a header of fields: " + ",".join(CSV_COLUMNS)
@@ -84,14 +114,30 @@ def _dlq_parsers(commands: Any, where: argparse.ArgumentParser) -> None:
     discard.add_argument("--dry-run", action="store_true", help="count what would be deleted; delete nothing")
 
 
+def _status_parser(commands: Any, where: argparse.ArgumentParser) -> None:
+    status = commands.add_parser("status", parents=[where], help="what became of cancel requests")
+    status.add_argument(
+        "request_ids",
+        nargs="+",
+        metavar="REQUEST_ID",
+        help="a request_id, or the SQS message id of a request without one",
+    )
+    status.add_argument("--json", action="store_true", help="one JSON object per line, the record's attributes")
+    status.add_argument(
+        "--outcome-table", default=argparse.SUPPRESS, help=f"the outcome table (or ${OUTCOME_TABLE_ENV})"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
-        prog="callcancel", description="Cancel pending outbound calls: publish, and operate the DLQ."
+        prog="callcancel",
+        description="Cancel pending outbound calls: publish, see what became of them, and operate the DLQ.",
     )
     commands = root.add_subparsers(dest="command", required=True)
     where = _where()
     _publish_parsers(commands, where)
     _dlq_parsers(commands, where)
+    _status_parser(commands, where)
     return root
 
 
@@ -104,6 +150,8 @@ class Cli:
             stack_name=getattr(args, "stack_name", None),
             config_env=getattr(args, "config_env", "default"),
             region=getattr(args, "region", None),
+            outcome_table_name=getattr(args, "outcome_table", None),
+            event_bus_name=getattr(args, "event_bus", None),
         )
         # Into a pipe or a file, one line per table row (for grep), however long; a terminal wraps cells.
         # Cells hold producers' and providers' text: never read it as rich markup ("[/]") or emoji codes.
@@ -123,11 +171,19 @@ class Cli:
     def run(self) -> int:
         if self.args.command == "publish":
             return self.publish_csv() if self.args.csv else self.publish_one()
+        if self.args.command == "status":
+            return self.status()
         return int(getattr(self, f"dlq_{self.args.action}")())
 
     def publish_one(self) -> int:
         fields = {name: getattr(self.args, name, None) for name in CSV_COLUMNS}
         encode(fields)  # refused before any AWS call, the stack lookup included
+        if getattr(self.args, "via", "sqs") == "eventbridge":
+            event_bus = self.locator.event_bus()
+            events = self._session.client("events")
+            # The request_id (given, or made up): `callcancel status` takes it.
+            print(publish(fields, via="eventbridge", event_bus=event_bus, events=events))
+            return 0
         queue_url = self.locator.cancel_queue()
         print(publish(fields, queue_url=queue_url, sqs=self.sqs))
         return 0
@@ -148,6 +204,29 @@ class Cli:
         stopped = " (interrupted)" if report.interrupted else ""
         print(f"sent {report.sent}, failed {len(report.failed)}, of {len(rows)} rows in {seconds:.1f} s{stopped}")
         return 130 if report.interrupted else 1 if report.failed else 0
+
+    def status(self) -> int:
+        table = self.locator.outcome_table()
+        dynamodb = self._session.client("dynamodb")
+        records: list[OutcomeRecord] = []
+        unknown = []
+        for request_id in dict.fromkeys(self.args.request_ids):
+            record = read_outcome(dynamodb, table, request_id)
+            if record is None:
+                unknown.append(request_id)
+            else:
+                records.append(record)
+        if self.args.json:
+            for record in records:
+                print(json.dumps(record.as_dict(), ensure_ascii=False))
+        elif records:
+            self.out.print(_status_table(records))
+            for record in records:
+                if record.outcome in dlq.CLASSES and record.message_id:
+                    print(f"{record.id}: dead-lettered; why: callcancel dlq show {record.message_id}")
+        for request_id in unknown:
+            print(f"no outcome recorded for {request_id} (not processed yet, unknown, or expired)", file=sys.stderr)
+        return UNKNOWN_REQUEST if unknown else 0
 
     def dlq_list(self) -> int:
         dlq_url = self.locator.dead_letter_queue()
@@ -241,6 +320,26 @@ def _age(age: timedelta | None) -> str:
     return f"{seconds}s"
 
 
+def _status_table(records: list[OutcomeRecord]) -> Table:
+    now = datetime.now(UTC)
+    table = Table("request", "outcome", "provider", "account", "target", "attempts", "last answer", "updated")
+    for record in records:
+        status = f"HTTP {record.http_status}" if record.http_status else ""
+        answer = " ".join(part for part in (status, record.provider_message or "") if part)
+        updated = record.updated
+        table.add_row(
+            record.id,
+            record.outcome,
+            record.provider or "?",
+            record.account or "?",
+            record.target or "?",
+            str(record.attempts),
+            answer or "-",
+            f"{record.updated_at} ({_age(now - updated)} ago)" if updated else record.updated_at,
+        )
+    return table
+
+
 def _attribute_order(name: str) -> tuple[int, str]:
     # The contract's attributes first, in its order; any others after them.
     return (ATTRIBUTES.index(name) if name in ATTRIBUTES else len(ATTRIBUTES), name)
@@ -268,10 +367,21 @@ def _aws_error(exc: ClientError) -> str:
     return f"error: AWS refused {exc.operation_name}: {error.get('Code', '?')}: {message[:200]}"
 
 
+def _usage_error(args: argparse.Namespace) -> str | None:
+    if args.command != "publish":
+        return None
+    if bool(args.csv) == bool(args.provider):
+        return "publish takes either a provider (ryng, plum) or --csv FILE"
+    if args.csv and getattr(args, "via", "sqs") == "eventbridge":
+        return "publish --csv sends to CancelQueue only (--via sqs)"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "publish" and bool(args.csv) == bool(args.provider):
-        print("error: publish takes either a provider (ryng, plum) or --csv FILE", file=sys.stderr)
+    usage = _usage_error(args)
+    if usage:
+        print(f"error: {usage}", file=sys.stderr)
         return 2
     try:
         return Cli(args).run()
@@ -284,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientError as exc:
         print(_aws_error(exc), file=sys.stderr)
         return 1
-    except BotoCoreError as exc:  # no credentials, no connection, ...
+    except (BotoCoreError, PublishRefused) as exc:  # no credentials, no connection, an event refused, ...
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a redrive or discard has made what it held visible again

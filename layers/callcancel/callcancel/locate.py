@@ -1,4 +1,5 @@
-"""Where the queues are, for producers and operators: a flag, else an environment variable, else the stack's outputs.
+"""Where the queues, the outcome table and the event bus are, for producers and operators: a flag, else an
+environment variable, else the stack's outputs.
 
 The stack is `--stack-name`, else the one samconfig.toml in the current directory deploys (`sam deploy
 [--config-env ENV]`), in that file's region unless one is given.
@@ -16,6 +17,8 @@ from botocore.exceptions import ClientError
 
 QUEUE_URL_ENV = "CALLCANCEL_QUEUE_URL"
 DLQ_URL_ENV = "CALLCANCEL_DLQ_URL"
+OUTCOME_TABLE_ENV = "CALLCANCEL_OUTCOME_TABLE"
+EVENT_BUS_ENV = "CALLCANCEL_EVENT_BUS"
 SAMCONFIG = Path("samconfig.toml")
 
 
@@ -57,6 +60,8 @@ class QueueLocator:
     stack_name: str | None = None
     config_env: str = "default"
     region: str | None = None
+    outcome_table_name: str | None = None
+    event_bus_name: str | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
     cloudformation: Any = None
     _outputs: dict[str, str] | None = field(default=None, repr=False)
@@ -67,12 +72,18 @@ class QueueLocator:
     def dead_letter_queue(self) -> str:
         return self._resolve(self.dlq_url, DLQ_URL_ENV, "DeadLetterQueueUrl", "--dlq-url")
 
-    def _resolve(self, given: str | None, env: str, output: str, flag: str) -> str:
+    def outcome_table(self) -> str:
+        return self._resolve(self.outcome_table_name, OUTCOME_TABLE_ENV, "OutcomeTableName", "--outcome-table", "table")
+
+    def event_bus(self) -> str:
+        return self._resolve(self.event_bus_name, EVENT_BUS_ENV, "EventBusName", "--event-bus", "event bus")
+
+    def _resolve(self, given: str | None, env: str, output: str, flag: str, what: str = "queue") -> str:
         if given:
             return given
         if self.environ.get(env):
             return self.environ[env]
-        outputs = self._stack_outputs(f"no queue: pass {flag}, set {env}, or pass --stack-name")
+        outputs = self._stack_outputs(f"no {what}: pass {flag}, set {env}, or pass --stack-name")
         if output not in outputs:
             raise LocateError(f"stack {self.stack_name} has no output {output}: is it a callcancel stack?")
         return outputs[output]

@@ -7,11 +7,12 @@ import csv
 import functools
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
@@ -41,10 +42,24 @@ def encode(fields: Mapping[str, Any]) -> str:
     return body
 
 
+# The way in through EventBridge (DESIGN.md): the stack's rule sends this detail-type's detail to CancelQueue.
+CANCEL_REQUESTED = "Cancel Requested"
+PRODUCER_SOURCE = "callcancel.publish"
+
+
 @functools.cache
 def _sqs(region: str | None) -> "SQSClient":
     # One client per process (and region): producers may call publish() once per request.
     return boto3.client("sqs", region_name=region)
+
+
+@functools.cache
+def _events(region: str | None) -> Any:
+    return boto3.client("events", region_name=region)
+
+
+class PublishRefused(Exception):
+    """AWS answered, but did not take the request (an EventBridge entry it refused)."""
 
 
 def publish(
@@ -54,6 +69,9 @@ def publish(
     queue_url: str | None = None,
     stack_name: str | None = None,
     sqs: "SQSClient | None" = None,
+    via: Literal["sqs", "eventbridge"] = "sqs",
+    event_bus: str | None = None,
+    events: Any = None,
     **fields: Any,
 ) -> str:
     """Validate one cancel request and put it on CancelQueue; return the SQS message id.
@@ -62,13 +80,38 @@ def publish(
     `queue_url`, else $CALLCANCEL_QUEUE_URL, else the CancelQueueUrl output of `stack_name` (or of
     samconfig.toml's stack): one DescribeStacks per call, so pass the URL when publishing often.
     Raises `InvalidRequest` before any AWS call when the request breaks a rule.
+
+    `via="eventbridge"` puts it on the stack's bus instead (`event_bus`, else $CALLCANCEL_EVENT_BUS, else
+    the EventBusName output) as a `Cancel Requested` event, and returns its `request_id`: the SQS message
+    id is EventBridge's to know, so a request without one is given a fresh one, which `status` takes.
     """
-    body = encode({**(request or {}), **fields})
+    fields = {**(request or {}), **fields}
+    if via == "eventbridge":
+        return _put_cancel_requested(fields, event_bus, stack_name, events)
+    body = encode(fields)
     region = sqs.meta.region_name if sqs else None
     if queue_url is None:
         locator = QueueLocator(stack_name=stack_name, region=region)
         queue_url, region = locator.cancel_queue(), locator.region
     return (sqs or _sqs(region)).send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"]
+
+
+def _put_cancel_requested(fields: dict[str, Any], event_bus: str | None, stack_name: str | None, events: Any) -> str:
+    # EventBridge may deliver an event twice: a request_id makes the second delivery a duplicate.
+    request_id = fields.get("request_id") or f"evt-{uuid.uuid4()}"
+    body = encode({**fields, "request_id": request_id})
+    region = events.meta.region_name if events else None
+    if event_bus is None:
+        locator = QueueLocator(stack_name=stack_name, region=region)
+        event_bus, region = locator.event_bus(), locator.region
+    entry = {"EventBusName": event_bus, "Source": PRODUCER_SOURCE, "DetailType": CANCEL_REQUESTED, "Detail": body}
+    answer = (events or _events(region)).put_events(Entries=[entry])
+    if answer.get("FailedEntryCount"):
+        [refused] = answer["Entries"]
+        raise PublishRefused(
+            f"EventBridge refused the event: {refused.get('ErrorCode')}: {refused.get('ErrorMessage')}"
+        )
+    return str(request_id)
 
 
 def capped(lines: Sequence[str], limit: int = MAX_ERRORS_SHOWN) -> list[str]:
