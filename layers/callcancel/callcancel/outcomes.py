@@ -34,8 +34,8 @@ RETRYING = "retrying"
 RECORD_FAILED_METRIC = "OutcomeRecordFailed"
 EVENT_FAILED_METRIC = "OutcomeEventFailed"
 # The record and the event are written after the message's fate is decided, inside its time budget: an
-# unavailable table or bus must cost seconds, not botocore's default minute of retries.
-CLIENT_CONFIG = Config(connect_timeout=1, read_timeout=2, retries={"mode": "standard", "total_max_attempts": 2})
+# unreachable table or bus must cost seconds (at most 3 x 5 s each), not botocore's default minutes.
+CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 3})
 # Producer text read from a body that failed validation: enough to recognise it, never the whole body.
 _LENIENT_MAX = 128
 _request_id = TypeAdapter[str](RequestId)
