@@ -32,7 +32,9 @@ def _encodings(secret: str) -> set[str]:
     forms = {
         secret,
         quote(secret, safe=""),
+        quote(secret),  # a path or query encoder keeps "/"
         quote_plus(secret, safe=""),
+        quote_plus(secret),
         json.dumps(secret)[1:-1],
         json.dumps(secret)[1:-1].replace("/", "\\/"),  # some JSON encoders escape the solidus
         html.escape(secret, quote=True),
