@@ -9,6 +9,8 @@ import base64
 import binascii
 import contextlib
 import functools
+import gzip
+import itertools
 import json
 import re
 import socket
@@ -16,7 +18,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -53,11 +55,16 @@ class _Reply:
     status: int
     body: bytes = b""
     headers: Headers = field(default_factory=dict)
+    # A body too big to hold, or sent slowly: written piece by piece, `interval` seconds apart.
+    # `length` is its Content-Length.
+    pieces: Callable[[], Iterable[bytes]] | None = None
+    length: int = 0
+    interval: float = 0.0
 
 
 @dataclass
 class _Fault:
-    reply: _Reply | None  # None: drop the connection
+    reply: _Reply | Callable[[Headers], _Reply] | None  # a callable builds it from the request's headers; None: drop
     remaining: int  # -1: until cleared
     target: str | None = None  # only requests for this call id / "app/deployment"; None: every request
 
@@ -89,6 +96,61 @@ def _body_reply(status: int, body: bytes | str | dict[str, Any] | None, headers:
     given = headers or {}
     defaults = {"Content-Type": content_type} if raw and "content-type" not in {k.lower() for k in given} else {}
     return _Reply(status, raw, defaults | given)
+
+
+ECHO_FORMATS = ("json", "xml", "text")
+HOSTILE_BODIES = ("huge", "gzip_bomb", "drip")
+
+
+def _echo(provider: str, status: int, fmt: str, headers: Headers) -> _Reply:
+    """An error that repeats the credentials it was sent, as careless providers do."""
+    if provider == "ryng":
+        token = headers.get("x-access-token", "")
+        text = f"Unauthorized Token {token} (x-access-key: {headers.get('x-access-key', '')})"
+    else:
+        user, key = _basic_auth(headers) or ("", "")
+        text = f"Authentication failed for {user} with key {key}; Authorization: {headers.get('authorization', '')}"
+    if fmt == "xml":
+        xml = f'<?xml version="1.0"?>\n<result>\n  <error>{escape(text)}</error>\n</result>'
+        return _Reply(status, xml.encode(), {"Content-Type": "application/xml"})
+    if fmt == "json":
+        return _json(status, {"error": True, "message": text} if provider == "ryng" else {"error": text})
+    if fmt == "text":
+        return _Reply(status, text.encode(), {"Content-Type": "text/plain; charset=utf-8"})
+    raise ValueError(f"unknown echo format {fmt!r}, not one of {ECHO_FORMATS}")
+
+
+@functools.cache
+def _gzip_bomb(size: int) -> bytes:
+    # Gzip members may follow one another; each inflates about 1 KiB to 1 MiB of zeros: 1 MiB makes 1 GiB.
+    member = gzip.compress(bytes(1 << 20), compresslevel=9, mtime=0)
+    return member * max(1, size // len(member))
+
+
+def _hostile(status: int, kind: str, size: int, interval: float) -> _Reply:
+    """A body that a careless reader pays for: `size` bytes, a gzip bomb of `size` bytes, or `size` bytes dripped."""
+    if kind == "huge":
+        block = b"x" * (1 << 20)
+        full, rest = divmod(size, len(block))
+        return _Reply(
+            status,
+            headers={"Content-Type": "text/plain"},
+            pieces=lambda: itertools.chain(itertools.repeat(block, full), [block[:rest]]),
+            length=size,
+        )
+    if kind == "gzip_bomb":
+        body = _gzip_bomb(size)
+        return _Reply(status, body, {"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    if kind == "drip":
+        body = json.dumps({"error": True, "message": "x" * max(0, size - 30)}).encode()[:size]
+        return _Reply(
+            status,
+            headers={"Content-Type": "application/json"},
+            pieces=lambda: (body[i : i + 1] for i in range(len(body))),
+            length=len(body),
+            interval=interval,
+        )
+    raise ValueError(f"unknown hostile body {kind!r}, not one of {HOSTILE_BODIES}")
 
 
 def _basic_auth(headers: Headers) -> tuple[str, str] | None:
@@ -204,7 +266,32 @@ class ProviderSimulator:
     def inject_disconnect(self, provider: str, *, times: int = 1, target: str | None = None) -> None:
         self._add_fault(provider, None, times, target)
 
-    def _add_fault(self, provider: str, reply: _Reply | None, times: int, target: str | None) -> None:
+    def inject_echo(self, provider: str, status: int, fmt: str, *, times: int = 1, target: str | None = None) -> None:
+        """Answer `status` with an error body (json, xml or text) that repeats the credentials of the request."""
+        if fmt not in ECHO_FORMATS:
+            raise ValueError(f"unknown echo format {fmt!r}, not one of {ECHO_FORMATS}")
+        for p in _providers(provider):
+            self._add_fault(p, functools.partial(_echo, p, status, fmt), times, target)
+
+    def inject_hostile(
+        self,
+        provider: str,
+        status: int,
+        kind: str,
+        *,
+        size: int = 300_000_000,
+        interval: float = 1.0,
+        times: int = 1,
+        target: str | None = None,
+    ) -> None:
+        """Answer `status` with a hostile body: `huge` (`size` bytes), `gzip_bomb` (about `size` bytes that
+        inflate about 1,000-fold, sent although the client asked for identity) or `drip` (`size` bytes, one
+        every `interval` seconds)."""
+        self._add_fault(provider, _hostile(status, kind, size, interval), times, target)
+
+    def _add_fault(
+        self, provider: str, reply: _Reply | Callable[[Headers], _Reply] | None, times: int, target: str | None
+    ) -> None:
         if times < 1 and times != -1:
             raise ValueError(f"times must be positive or -1, not {times}")
         with self._lock:
@@ -251,7 +338,7 @@ class ProviderSimulator:
                 return _json(503, {"error": "simulator was reset"})
             fault = self._take_fault(provider, _identify(provider, match, headers)[1])
             if fault is not None:
-                reply = fault.reply
+                reply = fault.reply(headers) if callable(fault.reply) else fault.reply
             else:
                 reply = (self._ryng_cancel if provider == "ryng" else self._plum_cancel)(method, match, headers)
             status = 0 if reply is None else reply.status
@@ -332,7 +419,18 @@ class ProviderSimulator:
         return _json(200, {"ok": True} if result is None else result)
 
     def _control_inject(self, d: dict[str, Any]) -> None:
-        if d["status"] == 0:
+        if "echo" in d:
+            self.inject_echo(d["provider"], int(d["status"]), d["echo"], times=int(d.get("times", 1)))
+        elif "hostile" in d:
+            self.inject_hostile(
+                d["provider"],
+                int(d["status"]),
+                d["hostile"],
+                size=int(d.get("size", 300_000_000)),
+                interval=float(d.get("interval", 1.0)),
+                times=int(d.get("times", 1)),
+            )
+        elif d["status"] == 0:
             self.inject_disconnect(d["provider"], times=int(d.get("times", 1)))
         else:
             self.inject(
@@ -412,10 +510,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Content-Length", str(reply.length if reply.pieces else len(reply.body)))
         self.end_headers()
-        if self.command != "HEAD":
+        if self.command == "HEAD":
+            return
+        if reply.pieces is None:
             self.wfile.write(reply.body)
+            return
+        self.close_connection = True  # a client that stops reading early leaves the rest unread
+        for piece in reply.pieces():
+            self.wfile.write(piece)
+            self.wfile.flush()
+            if reply.interval:
+                time.sleep(reply.interval)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_any
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.client import HTTPConnection
@@ -330,3 +331,79 @@ def test_a_fault_can_target_one_call() -> None:
         assert requests.post(url.format("down"), headers=headers, timeout=5).status_code == 503
         assert requests.post(url.format("up"), headers=headers, timeout=5).status_code == 200
         assert requests.post(url.format("down"), headers=headers, timeout=5).status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "fmt", "content_type"),
+    [
+        ("ryng", 403, "json", "application/json"),
+        ("plum", 401, "xml", "application/xml"),
+        ("ryng", 400, "text", "text/plain; charset=utf-8"),
+        ("plum", 500, "json", "application/json"),
+    ],
+)
+def test_echo_repeats_the_credentials_of_the_request(
+    sim: ProviderSimulator, client: requests.Session, provider: str, status: int, fmt: str, content_type: str
+) -> None:
+    sim.inject_echo(provider, status, fmt)
+
+    response = ryng_cancel(client, sim) if provider == "ryng" else plum_cancel(client, sim)
+
+    assert (response.status_code, response.headers["Content-Type"]) == (status, content_type)
+    echoed = (TOKEN,) if provider == "ryng" else (EMAIL, KEY, response.request.headers["Authorization"])
+    assert all(secret in response.text for secret in echoed)
+    assert sim.calls()[-1].status == status
+
+
+def test_a_huge_body_is_streamed_with_its_length(sim: ProviderSimulator, client: requests.Session) -> None:
+    sim.inject_hostile("plum", 500, "huge", size=5_000_000)
+
+    response = plum_cancel(client, sim, stream=True)
+
+    assert response.headers["Content-Length"] == "5000000"
+    assert sum(len(piece) for piece in response.iter_content(1 << 16)) == 5_000_000
+
+
+def test_a_gzip_bomb_is_small_on_the_wire_and_huge_inflated(sim: ProviderSimulator, client: requests.Session) -> None:
+    sim.inject_hostile("plum", 500, "gzip_bomb", size=1 << 20)
+
+    response = plum_cancel(client, sim, stream=True)
+    wire = response.raw.read(decode_content=False)
+
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert 0.9 * (1 << 20) < len(wire) <= 1 << 20
+    inflated = 0
+    for _ in range(3):  # gzip members, one after another, each 1 MiB inflated: 1,000 of them make about 1 GiB
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        inflated += len(decoder.decompress(wire))
+        wire = decoder.unused_data
+    assert inflated == 3 << 20
+
+
+def test_a_drip_sends_one_byte_per_interval(sim: ProviderSimulator) -> None:
+    sim.inject_hostile("ryng", 200, "drip", size=6, interval=0.1)
+    connection = HTTPConnection("127.0.0.1", int(sim.base_url.rsplit(":", 1)[1]), timeout=5)
+    connection.request("POST", "/ryng/acme/rest-api/v1/progressive/call/c1/cancel", headers={"x-access-token": TOKEN})
+    response = connection.getresponse()
+
+    started = time.monotonic()
+    body = b"".join(response.read(1) for _ in range(6))
+
+    assert len(body) == 6
+    assert time.monotonic() - started >= 0.4  # the first byte comes at once, the next five 0.1 s apart
+    connection.close()
+
+
+def test_control_api_injects_echoes_and_hostile_bodies(client: requests.Session) -> None:
+    with ProviderSimulator() as sim:
+        sim.add_ryng_account("acme", TOKEN)
+        for payload in (
+            {"provider": "ryng", "status": 403, "echo": "json"},
+            {"provider": "ryng", "status": 500, "hostile": "huge", "size": 1000},
+        ):
+            assert client.post(f"{sim.base_url}/_sim/inject", json=payload, timeout=5).status_code == 200
+        bad = client.post(f"{sim.base_url}/_sim/inject", json={"provider": "ryng", "status": 500, "echo": "yaml"})
+
+        assert TOKEN in ryng_cancel(client, sim).text
+        assert len(ryng_cancel(client, sim).content) == 1000
+        assert bad.status_code == 400
