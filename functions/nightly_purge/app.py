@@ -13,4 +13,4 @@ from callcancel.settings import PurgeSettings
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return purge_for(PurgeSettings.from_env()).run(event)
+    return purge_for(PurgeSettings.from_env()).run(event, context)

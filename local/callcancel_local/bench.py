@@ -7,6 +7,8 @@ and the simulator on loopback.
 
 `callcancel publish --csv` of 10,000 rows must take seconds: every row validated, then SendMessageBatch with
 8 calls in flight, against the same sender with 1 call in flight (the baseline).
+
+The nightly purge at 100,000 deferred requests: see bench_purge.
 """
 
 import contextlib
@@ -31,6 +33,7 @@ from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.compat import HTTPHeaders
 
 from callcancel.producer import CSV_COLUMNS, IN_FLIGHT, BatchSender, read_csv_file
+from callcancel_local.bench_purge import bench_purge
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
@@ -184,7 +187,8 @@ def main() -> int:
     print(f"  speed-up: {sequential / concurrent:.1f}x; concurrent / one round-trip: {concurrent / LATENCY:.2f}")
     ok = concurrent < target and sequential / concurrent > 4
     print(f"  target: under {target * 1000:.0f} ms and > 4x the baseline: {'met' if ok else 'MISSED'}")
-    return 0 if ok and published else 1
+    purged = bench_purge()
+    return 0 if ok and published and purged else 1
 
 
 if __name__ == "__main__":

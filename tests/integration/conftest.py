@@ -164,9 +164,10 @@ class PurgeStack:
             "PLAN_MAX_AGE_SECONDS": "0",
         }
 
-    def set_plan(self, plan: dict[str, Any] | str) -> None:
+    def set_plan(self, plan: dict[str, Any] | str, name: str = PURGE_PLAN_PARAMETER) -> None:
         text = plan if isinstance(plan, str) else json.dumps(plan)
-        self.ssm.put_parameter(Name=PURGE_PLAN_PARAMETER, Value=text, Type="String", Overwrite=True)
+        assert len(text) <= 4096, "a standard parameter holds at most 4 KB"
+        self.ssm.put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
         parameters.clear_caches()
 
     def run(self, event: dict[str, Any] | None = None) -> Any:

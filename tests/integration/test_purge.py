@@ -10,9 +10,10 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from callcancel.deferred import iso_utc
-from callcancel.errors import InvalidPurgePlan, PurgeError
+from callcancel.errors import InvalidPurgePlan, PurgeError, PurgeIncomplete
+from callcancel_local.lambda_runtime import LocalLambdaContext
 from callcancel_local.simulator import ProviderSimulator
-from tests.integration.conftest import PLUM_EMAIL, PurgeStack, WorkerStack
+from tests.integration.conftest import PLUM_EMAIL, PURGE_PLAN_PARAMETER, PurgeStack, WorkerStack
 
 pytestmark = pytest.mark.integration
 
@@ -84,14 +85,14 @@ def test_thousands_of_deferred_requests_are_paged_batched_and_deleted(
     result = purge.run()
 
     # Then every one is enqueued once, 10 per SendMessageBatch, over several scan pages, then marked and
-    # deleted, at most 10 per BatchWriteItem
+    # deleted, 25 per BatchWriteItem
     assert result["enqueued"] == {"ryng": 1200}
     assert result["deferred_enqueued"] == 1200
     assert [len(batch) for batch in sqs_sink] == [10] * 120
     call_ids = {json.loads(body)["call_id"] for batch in sqs_sink for body in batch}
     assert call_ids == {f"c-{n}" for n in range(1200)}
     assert aws_calls.count("Scan") >= 3
-    assert aws_calls.count("BatchWriteItem") == 2 * 120
+    assert aws_calls.count("BatchWriteItem") == 2 * 48
     assert purge.deferred_ids() == set()
 
 
@@ -114,12 +115,12 @@ def test_entries_sqs_refuses_are_retried_and_then_fail_the_run(
     purge.defer([deferred_item(f"r-{n}", {**RYNG, "call_id": f"c-{n}", "when": "nightly"}) for n in range(3)])
 
     # When the purge runs, it fails loudly after retrying the refused entry
-    with pytest.raises(PurgeError, match="InternalError"):
+    with pytest.raises(PurgeError, match="SQS refused 1 cancel requests"):
         purge.run()
 
-    # Then the refused entry was retried, and no deferred request was deleted
+    # Then the refused entry was retried, and only the requests SQS accepted were removed
     assert sent == [3, 1, 1]
-    assert purge.deferred_ids() == {"r-0", "r-1", "r-2"}
+    assert purge.deferred_ids() == {"r-0"}
 
 
 def test_a_rerun_of_the_same_night_cancels_each_target_once(
@@ -241,7 +242,7 @@ def test_a_request_enqueued_but_not_removed_is_not_sent_again_the_next_night(
 
     with monkeypatch.context() as night_one:
         night_one.setattr(BaseClient, "_make_api_call", deletes_fail)
-        with pytest.raises(ClientError):
+        with pytest.raises(PurgeError, match="ThrottlingException"):
             purge.run({"time": "2026-11-23T20:30:00Z"})
     stack.run_until_empty()
     assert simulator.cancelled("ryng") == ["c-1"]
@@ -274,8 +275,8 @@ STEPS = {
 def test_a_purge_that_dies_after_any_step_is_finished_by_the_rerun_with_one_cancel_each(
     purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch, step: str
 ) -> None:
-    # Given 25 requests deferred to tonight
-    call_ids = [f"c-{n}" for n in range(25)]
+    # Given 60 requests deferred to tonight (two chunks of work)
+    call_ids = [f"c-{n}" for n in range(60)]
     simulator.add_ryng_calls("acme", *call_ids)
     for call_id in call_ids:
         stack.send({**RYNG, "call_id": call_id, "when": "nightly"})
@@ -303,6 +304,100 @@ def test_a_purge_that_dies_after_any_step_is_finished_by_the_rerun_with_one_canc
 
     # Then each call was cancelled exactly once, nothing was dead-lettered, and the table is empty
     assert sorted(simulator.cancelled("ryng")) == sorted(call_ids)
-    assert len(simulator.calls()) == 25
+    assert len(simulator.calls()) == 60
     assert stack.dead_letters() == []
     assert purge.deferred_ids() == set()
+
+
+class RunsOutOfTime(LocalLambdaContext):
+    """A context with plenty of time for the first `checks` questions, then 10 s: less than the stop margin."""
+
+    def __init__(self, checks: int) -> None:
+        super().__init__(function_name="NightlyPurge", timeout_seconds=300)
+        self.checks = checks
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.checks -= 1
+        return 250_000 if self.checks >= 0 else 10_000
+
+
+def test_a_purge_out_of_time_stops_cleanly_and_its_retry_resumes_without_repeats(
+    purge: PurgeStack, sqs_sink: list[list[str]]
+) -> None:
+    # Given a plan of two targets and 600 deferred requests (twelve chunks of work)
+    purge.set_plan({"targets": [{**RYNG, "call_id": "p-1"}, PLUM]})
+    purge.defer([deferred_item(f"r-{n}", {**RYNG, "call_id": f"c-{n}", "when": "nightly"}) for n in range(600)])
+    event = {"time": "2026-11-23T20:30:00Z"}
+
+    # When the first run reaches its stop margin after starting a few chunks
+    with pytest.raises(PurgeIncomplete, match="its retry resumes it"):
+        purge.handler(event, RunsOutOfTime(checks=5))
+    first = [json.loads(body) for batch in sqs_sink for body in batch]
+    left = purge.deferred_ids()
+
+    # Then what it started was finished: each removed request is on the queue, the rest wait untouched
+    assert 0 < len(left) < 600
+    first_deferred = {body["request_id"] for body in first if body["request_id"].startswith("r-")}
+    assert first_deferred == {f"r-{n}" for n in range(600)} - left
+    assert len(first) == len(first_deferred) + 2
+
+    # When Lambda's retry of the same event runs with time to spare
+    sqs_sink.clear()
+    result = purge.run(event)
+    second = [json.loads(body) for batch in sqs_sink for body in batch]
+
+    # Then it sends the rest and the plan again under the same request_ids (which the worker dedupes):
+    # no deferred request twice, and the table is empty
+    assert result["deferred_enqueued"] == len(left)
+    second_deferred = {body["request_id"] for body in second if body["request_id"].startswith("r-")}
+    assert second_deferred == left
+    assert first_deferred.isdisjoint(second_deferred)
+    planned = sorted(body["request_id"] for body in first if body["request_id"].startswith("purge-"))
+    assert sorted(body["request_id"] for body in second if body["request_id"].startswith("purge-")) == planned
+    assert purge.deferred_ids() == set()
+
+
+def test_a_purge_started_with_less_than_its_margin_left_sends_nothing(purge: PurgeStack) -> None:
+    purge.set_plan({"targets": [{**RYNG, "call_id": "p-1"}]})
+    purge.defer([deferred_item("d-1", {**RYNG, "call_id": "c-1", "when": "nightly"})])
+
+    with pytest.raises(PurgeIncomplete):
+        purge.handler({}, LocalLambdaContext(function_name="NightlyPurge", timeout_seconds=20))
+
+    assert purge.worker.queue_depth() == 0
+    assert purge.deferred_ids() == {"d-1"}
+
+
+def test_a_plan_of_a_thousand_targets_spread_over_parameters_below_the_plan_is_enqueued_once_each(
+    purge: PurgeStack, sqs_sink: list[list[str]]
+) -> None:
+    # Given the documented parameter with one target, and 1,000 more in standard parameters (4 KB) below it
+    targets = [{**RYNG, "call_id": f"c-{n}"} for n in range(1000)]
+    purge.set_plan({"targets": [PLUM]})
+    for start in range(0, 1000, 40):
+        purge.set_plan({"targets": targets[start : start + 40]}, name=f"{PURGE_PLAN_PARAMETER}/ops/part-{start:04}")
+    # and a target named twice
+    purge.set_plan({"targets": [targets[0]]}, name=f"{PURGE_PLAN_PARAMETER}/again")
+
+    # When the purge runs
+    result = purge.run()
+
+    # Then every target is enqueued once
+    bodies = [json.loads(body) for batch in sqs_sink for body in batch]
+    assert result["enqueued"] == {"ryng": 1000, "plum": 1}
+    assert sorted(b.get("call_id", "plum") for b in bodies) == sorted([t["call_id"] for t in targets] + ["plum"])
+    assert len({b["request_id"] for b in bodies}) == 1001
+
+
+def test_an_invalid_parameter_below_the_plan_fails_the_whole_run_naming_it(purge: PurgeStack) -> None:
+    # Given a valid plan parameter, and one below it with a bad target
+    purge.set_plan({"targets": [{**RYNG, "call_id": "c-1"}]})
+    purge.set_plan({"targets": [{**RYNG, "call_id": "c-2"}]}, name=f"{PURGE_PLAN_PARAMETER}/a")
+    purge.set_plan({"targets": [{**RYNG, "call_id": "../x"}]}, name=f"{PURGE_PLAN_PARAMETER}/b")
+
+    # When the purge runs, it fails naming the parameter, the target and the field
+    with pytest.raises(InvalidPurgePlan, match=f"target 0: call_id: .* \\(in parameter {PURGE_PLAN_PARAMETER}/b\\)"):
+        purge.run()
+
+    # Then nothing was sent
+    assert purge.worker.queue_depth() == 0

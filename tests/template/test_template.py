@@ -397,6 +397,7 @@ def test_purge_role_is_its_own_and_least_privilege(
         ("xray:PutTraceSegments", "*"),
         ("xray:PutTelemetryRecords", "*"),
         ("ssm:GetParameter", plan_arn),
+        ("ssm:GetParametersByPath", plan_arn),
         ("sqs:SendMessage", str(arn_of("CancelQueue"))),
         ("sqs:SendMessage", str(arn_of("PurgeFailures"))),
         ("dynamodb:Scan", str(arn_of("DeferredTable"))),

@@ -91,3 +91,7 @@ class InvalidPurgePlan(Exception):
 
 class PurgeError(Exception):
     """The purge could not enqueue what it had to (SQS refused after retries); the run fails loudly."""
+
+
+class PurgeIncomplete(PurgeError):
+    """The purge stopped for time with requests left: nothing is lost, and its retry resumes where it stopped."""

@@ -52,6 +52,14 @@ class PurgeSettings(_EnvSettings):
     cancel_queue_url: str = Field(min_length=1)
     deferred_table: str | None = None
     plan_max_age_seconds: int = Field(60, ge=0)
+    # Units of work (chunks of 50 requests) in flight at once, each one AWS call at a time.
+    max_in_flight: int = Field(16, ge=1, le=64)
+    # Time left at which the purge starts nothing new: enough for the work in flight to finish.
+    stop_margin_seconds: float = Field(30, ge=0)
+
+    @property
+    def stop_margin_ms(self) -> float:
+        return self.stop_margin_seconds * 1000
 
 
 class DigestSettings(_EnvSettings):
