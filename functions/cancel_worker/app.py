@@ -5,8 +5,12 @@ from typing import Any
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from callcancel.observability import logger, metrics, tracer
-from callcancel.settings import Settings
 from callcancel.worker import worker_for
+
+# isort: split
+# After the worker: Powertools' batch utility builds pydantic models of every event source it supports (a
+# tenth of a second, unused here) if pydantic is already imported when it loads, and settings import pydantic.
+from callcancel.settings import Settings
 
 
 @logger.inject_lambda_context(log_event=False, clear_state=True)

@@ -103,6 +103,9 @@ def parse_cancel_request(body: str | bytes) -> RyngCancel | PlumCancel:
 class _PurgeTarget(_Cancel):
     """A cancel request as the purge plan names it: the purge sets `request_id` and carries it out now."""
 
+    # Built on the purge's first use: the worker's cold start never pays for the plan's validators.
+    model_config = ConfigDict(defer_build=True)
+
     @field_validator("when", "request_id", mode="before")
     @classmethod
     def _set_by_the_purge(cls, value: Any) -> Any:
@@ -123,7 +126,7 @@ PurgeTarget = Annotated[RyngPurgeTarget | PlumPurgeTarget, Field(discriminator="
 class PurgePlan(BaseModel):
     """The SSM purge plan: `{"targets": [<cancel request without when and request_id>, ...]}`."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     targets: list[PurgeTarget]
 

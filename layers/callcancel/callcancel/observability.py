@@ -1,16 +1,68 @@
 """Powertools logger, tracer and metrics, shared by the handlers and the package."""
 
 import os
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
 # The template sets the Powertools variables; these defaults keep names right wherever else the code runs.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "callcancel"
 NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Callcancel"
 
+
+class _Untraced(BaseProvider, BaseSegment):
+    """The tracer's provider, and every segment it opens, when tracing is off: nothing is recorded.
+
+    Powertools' default provider is the X-Ray SDK, imported even when tracing is off. That import (and the
+    botocore machinery it pulls in) was a third of the worker's cold start; it is paid only where traces are sent.
+    """
+
+    @contextmanager
+    def in_subsegment(self, name: str | None = None, **kwargs: Any) -> Iterator[BaseSegment]:
+        yield self
+
+    @asynccontextmanager
+    async def in_subsegment_async(self, name: str | None = None, **kwargs: Any) -> AsyncIterator[BaseSegment]:
+        yield self
+
+    def put_annotation(self, key: str, value: Any) -> None:
+        pass
+
+    def put_metadata(self, key: str, value: Any, namespace: str = "default") -> None:
+        pass
+
+    def patch(self, modules: Sequence[str]) -> None:
+        pass
+
+    def patch_all(self) -> None:
+        pass
+
+    def close(self, end_time: int | None = None) -> None:
+        pass
+
+    def add_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def remove_subsegment(self, subsegment: Any) -> None:
+        pass
+
+    def add_exception(self, exception: BaseException, stack: Any, remote: bool = False) -> None:
+        pass
+
+
+def _tracer() -> Tracer:
+    # Powertools' own rule: off with POWERTOOLS_TRACE_DISABLED, outside Lambda, and under sam local.
+    if Tracer._is_tracer_disabled():
+        return Tracer(service=SERVICE, disabled=True, provider=_Untraced())
+    return Tracer(service=SERVICE)
+
+
 logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE)
+tracer = _tracer()
 metrics = Metrics(service=SERVICE, namespace=NAMESPACE)
 
 

@@ -10,7 +10,8 @@ from callcancel.models import describe
 
 
 class _EnvSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # Each function reads one of these: its validator is built when it does, not when the module loads.
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Self:
