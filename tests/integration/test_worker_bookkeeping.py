@@ -111,7 +111,9 @@ def test_not_found_after_a_read_timeout_says_the_earlier_attempt_may_have_cancel
     stack.send({**RYNG, "call_id": "c-1"})
     assert len(stack.run_batch().failed) == 1
     simulator.set_latency("ryng", 0)
-    time.sleep(0.6)  # Ryng carries out the late request
+    deadline = time.monotonic() + 10
+    while not simulator.calls("ryng") and time.monotonic() < deadline:
+        time.sleep(0.05)  # Ryng carries out the late request, after we stopped waiting for its answer
 
     # When the retry is told the call does not exist (it was our own cancel)
     stack.run_until_empty()
