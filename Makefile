@@ -6,6 +6,9 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 LOCK    := layers/callcancel/requirements.txt
 STAMP   := $(VENV)/.installed
+# checkov pins boto3, urllib3 and networkx older than ours: it lives in a venv of its own, from the
+# pyproject.toml dependency group `checkov`.
+CHECKOV_VENV := $(VENV)/checkov
 # The venv's bin goes first on PATH so that `sam build` finds python3.13 there.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export SAM_CLI_TELEMETRY := 0
@@ -20,7 +23,7 @@ PYTHON313 ?= $(shell for p in python3.13 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/
 help:
 	@echo "make demo     run the whole job locally (embedded AWS, provider simulator), print a summary"
 	@echo "make local    start the local stack and keep it running, for exploring"
-	@echo "make test     lint, unit, integration, template and end-to-end tests"
+	@echo "make test     lint (ruff, mypy, cfn-lint with serverless rules, checkov), unit, integration, template, e2e tests"
 	@echo "make bench    concurrency and memory benchmark"
 	@echo "make install  create .venv with the package and the dev tools (aws-sam-cli included)"
 	@echo "make build    sam validate --lint && sam build"
@@ -36,16 +39,22 @@ $(STAMP): pyproject.toml $(LOCK)
 	@[ -x $(BIN)/python3.13 ] || $(PYTHON313) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
+	@[ -x $(CHECKOV_VENV)/bin/python ] || $(BIN)/uv venv --quiet --python $(BIN)/python $(CHECKOV_VENV)
+	$(BIN)/uv pip install --quiet --python $(CHECKOV_VENV)/bin/python --group pyproject.toml:checkov
 	@touch $@
 
 lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.13 --python-platform aarch64-manylinux_2_28 \
 		--no-annotate --no-header --quiet -o $(LOCK)
 
+# The template's security checks: cfn-lint with the AWS serverless rules, and checkov. Findings that do not
+# fit this stack are skipped in the resource's Metadata, each with its reason (README, Security checks).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/cfn-lint template.yaml --append-rules cfn_lint_serverless.rules
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 test: lint
 	$(BIN)/pytest -n 2 --dist loadgroup
