@@ -5,34 +5,26 @@ baseline is the same worker with MAX_IN_FLIGHT=1 (the sequential loop, about 10 
 the median of several warm batches, through the real handler (idempotency on, as deployed), moto server
 and the simulator on loopback.
 
-`callcancel publish --csv` of 10,000 rows must take seconds: every row validated, then SendMessageBatch with
-8 calls in flight, against the same sender with 1 call in flight (the baseline).
+The operator tools at scale (`publish --csv` of 1,000,000 rows, the DLQ tools over 10,000 letters) are in
+`bench_operators`.
 
 The nightly purge at 100,000 deferred requests: see bench_purge.
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import tracemalloc
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
-from botocore.awsrequest import AWSPreparedRequest, AWSResponse
-from botocore.compat import HTTPHeaders
 
-from callcancel.producer import CSV_COLUMNS, IN_FLIGHT, BatchSender, read_csv_file
+from callcancel_local import bench_operators
 from callcancel_local.bench_purge import bench_purge
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
@@ -42,8 +34,6 @@ from callcancel_local.sqs_source import SqsEventSource
 LATENCY = 0.3
 BATCH = 10
 ROUNDS = 5
-CSV_ROWS = 10_000
-SQS_ROUND_TRIP = 0.025  # a SendMessageBatch call within a region
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -73,82 +63,6 @@ def _median_batch_seconds(
     return statistics.median(timings)
 
 
-class _SqsRoundTrip:
-    """Answers SendMessageBatch after a fixed round trip, without a server: what the sender's concurrency is
-    measured against. moto cannot serve this: its SendMessageBatch cost grows with the queue's length
-    (2,000 rows take 32 s), which would measure moto, not the sender."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.received = 0
-        self._lock = threading.Lock()
-
-    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
-        entries = json.loads(cast(bytes, request.body))["Entries"]
-        time.sleep(self.seconds)
-        with self._lock:
-            self.received += len(entries)
-        successful = [
-            {
-                "Id": entry["Id"],
-                "MessageId": str(uuid.uuid4()),
-                "MD5OfMessageBody": hashlib.md5(entry["MessageBody"].encode(), usedforsecurity=False).hexdigest(),
-            }
-            for entry in entries
-        ]
-        raw = _RawBody(json.dumps({"Successful": successful}).encode())
-        headers = HTTPHeaders()
-        headers["Content-Type"] = "application/x-amz-json-1.0"
-        return AWSResponse(request.url, 200, headers, raw)
-
-
-class _RawBody(io.BytesIO):
-    def stream(self, **_: Any) -> Iterator[bytes]:
-        yield self.getvalue()
-
-
-def _publish_csv_seconds(csv_path: Path, in_flight: int) -> tuple[float, int]:
-    """`callcancel publish --csv`'s path: validate every row, then SendMessageBatch, `in_flight` calls at once."""
-    sqs: Any = boto3.client("sqs")
-    round_trip = _SqsRoundTrip(SQS_ROUND_TRIP)
-    sqs.meta.events.register("before-send.sqs.SendMessageBatch", round_trip)
-    started = time.perf_counter()
-    bodies = read_csv_file(csv_path)
-    report = BatchSender(sqs, "https://sqs.us-east-1.amazonaws.com/123456789012/bench", in_flight=in_flight).send(
-        bodies
-    )
-    elapsed = time.perf_counter() - started
-    assert not report.failed and round_trip.received == len(bodies), report.failed
-    return elapsed, report.sent
-
-
-def _csv_memory_per_row(csv_path: Path, rows: int) -> float:
-    tracemalloc.start()
-    read_csv_file(csv_path)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return peak / rows
-
-
-def bench_publish(tmp: Path) -> bool:
-    csv_path = tmp / "cancels.csv"
-    lines = [",".join(CSV_COLUMNS)] + [f"ryng,acme,r-{i},,,,,crm-{i}:cancel" for i in range(CSV_ROWS)]
-    csv_path.write_text("\n".join(lines) + "\n")
-    parallel, sent = _publish_csv_seconds(csv_path, in_flight=IN_FLIGHT)
-    one_at_a_time, _ = _publish_csv_seconds(csv_path, in_flight=1)
-    per_row = _csv_memory_per_row(csv_path, CSV_ROWS)
-    print(
-        f"\npublish --csv, {CSV_ROWS} rows validated, then SendMessageBatch answered after a"
-        f" {SQS_ROUND_TRIP * 1000:.0f} ms round trip"
-    )
-    print(f"  {IN_FLIGHT} batches in flight: {parallel:6.1f} s ({sent / parallel:,.0f} rows/s)")
-    print(f"  1 batch in flight:  {one_at_a_time:6.1f} s   (baseline)")
-    print(f"  speed-up: {one_at_a_time / parallel:.1f}x; validation peak memory: {per_row:.0f} bytes per row")
-    ok = sent == CSV_ROWS and parallel < 10 and one_at_a_time / parallel > 4 and per_row < 2048
-    print(f"  target: under 10 s, > 4x the baseline, under 2 KB per row: {'met' if ok else 'MISSED'}")
-    return ok
-
-
 def main() -> int:
     with EmbeddedAws() as aws, ProviderSimulator() as simulator:
         os.environ.update(aws.environment())
@@ -175,9 +89,6 @@ def main() -> int:
         sequential = _median_batch_seconds(source, simulator, max_in_flight=1)
         without_store = _median_batch_seconds(source, simulator, max_in_flight=10, idempotency=False)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            published = bench_publish(Path(tmp))
-
     target = 2 * LATENCY
     print(f"batch of {BATCH}, provider latency {LATENCY * 1000:.0f} ms, median of {ROUNDS} warm batches")
     print(f"  concurrent (MAX_IN_FLIGHT=10): {concurrent * 1000:7.0f} ms")
@@ -188,7 +99,9 @@ def main() -> int:
     ok = concurrent < target and sequential / concurrent > 4
     print(f"  target: under {target * 1000:.0f} ms and > 4x the baseline: {'met' if ok else 'MISSED'}")
     purged = bench_purge()
-    return 0 if ok and published and purged else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        operators = bench_operators.main(Path(tmp))  # publish --csv of 1,000,000 rows; the DLQ tools at 10,000
+    return 0 if ok and purged and operators else 1
 
 
 if __name__ == "__main__":

@@ -264,9 +264,10 @@ def letters(queues: Queues) -> dict[str, str]:
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
-    """The rows of the printed table, by message id (the last column)."""
-    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in out.splitlines() if line.count("│") == 9]
-    return {row[-1]: row[:-1] for row in cells if row[-1] != "message id"}
+    """The listed rows, by message id (the last column): into a pipe, tab-separated lines under a header."""
+    cells = [line.split("\t") for line in out.splitlines() if line.count("\t") == 7]
+    assert cells[0] == ["class", "provider", "account", "target", "reason", "attempts", "age", "message id"]
+    return {row[-1]: row[:-1] for row in cells[1:]}
 
 
 def test_dlq_list_prints_one_row_per_letter(

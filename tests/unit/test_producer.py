@@ -1,7 +1,10 @@
 """Publishing without a network: CSV validation, where the queues are, and the batch sender (botocore Stubber)."""
 
 import io
+import os
 import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ from botocore.stub import Stubber
 from callcancel import producer
 from callcancel.errors import InvalidRequest
 from callcancel.locate import LocateError, QueueLocator, SamConfig, read_samconfig
-from callcancel.producer import CSV_COLUMNS, BatchSender, InvalidCsv, Row, encode, publish, read_csv
+from callcancel.producer import CSV_COLUMNS, BatchSender, CsvFile, InvalidCsv, Row, encode, publish, read_csv
 
 HEADER = ",".join(CSV_COLUMNS)
 
@@ -169,9 +172,52 @@ def test_a_file_from_a_spreadsheet_with_a_byte_order_mark_reads(tmp_path: Path) 
     path = tmp_path / "cancels.csv"
     path.write_bytes(b"\xef\xbb\xbfprovider,account,call_id\r\nryng,acme,r-1\r\n")
 
-    assert producer.read_csv_file(path) == [Row(2, '{"provider":"ryng","account":"acme","call_id":"r-1"}')]
+    csv_file = CsvFile(path)
+    assert csv_file.check() == 1
+    assert list(csv_file.read()) == [Row(2, '{"provider":"ryng","account":"acme","call_id":"r-1"}')]
+    assert csv_file.changed is None
     with pytest.raises(InvalidCsv, match="cannot read"):
-        producer.read_csv_file(tmp_path / "missing.csv")
+        CsvFile(tmp_path / "missing.csv").check()
+
+
+def test_a_file_is_checked_and_read_in_memory_that_does_not_grow_with_it(tmp_path: Path) -> None:
+    path = tmp_path / "cancels.csv"
+    with path.open("w") as out:
+        out.write(HEADER + "\n")
+        # The same request each time: pydantic's JSON string cache (up to about 1 MB) stays small.
+        out.writelines("ryng,acme,r-1,,,,quiet hours,crm-1:cancel\n" for _ in range(5_000))
+    csv_file = CsvFile(path)
+
+    tracemalloc.start()
+    try:
+        rows = csv_file.check()
+        last = max(row.number for row in csv_file.read())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (rows, last) == (5_000, 5_001)
+    assert peak < 256 * 1024, f"{peak} bytes: the file was held, not streamed (its rows as a list: about 1 MB)"
+
+
+def test_a_file_changed_between_the_check_and_the_send_sends_nothing_or_stops(tmp_path: Path) -> None:
+    path = tmp_path / "cancels.csv"
+    path.write_text("provider,account,call_id\nryng,acme,r-1\nryng,acme,r-2\n")
+    csv_file = CsvFile(path)
+    csv_file.check()
+
+    path.write_text("provider,account,call_id\nryng,acme,r-1\nryng,acme,r-22\n")  # another size: caught at once
+    with pytest.raises(InvalidCsv, match="changed after it was checked"):
+        next(csv_file.read())
+
+    csv_file.check()
+    checked = path.stat()
+    path.write_text("provider,account,call_id\nryng,acme,r-1\nryng,ACME,r-22\n")
+    os.utime(path, ns=(checked.st_atime_ns, checked.st_mtime_ns))  # same size and time: met while sending
+    assert [row.number for row in csv_file.read()] == [2], "it stops at the row that changed"
+    assert csv_file.changed == f"{path} changed while it was sent: row 3: account: String should match pattern " + (
+        "'^[a-z0-9][a-z0-9-]{0,62}$'"
+    )
 
 
 # ---- one request --------------------------------------------------------------------------------
@@ -371,27 +417,62 @@ def test_a_refused_call_fails_its_rows_and_the_others_still_go(sqs: Any) -> None
     assert report.failed == dict.fromkeys(range(2, 12), "AWS.SimpleQueueService.NonExistentQueue")
 
 
-def test_on_ctrl_c_the_calls_in_flight_finish_no_other_starts_and_every_row_is_accounted_for() -> None:
-    class Sqs:
-        """Answers after a moment, as SQS does, and remembers what it took."""
+class SlowSqs:
+    """Answers after a moment, as SQS does, and remembers what it took."""
 
-        def __init__(self) -> None:
-            self.taken: list[int] = []
+    def __init__(self) -> None:
+        self.taken: list[int] = []
 
-        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
-            time.sleep(0.01)
-            self.taken += [int(entry["Id"]) for entry in Entries]
-            return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
+    def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+        time.sleep(0.01)
+        self.taken += [int(entry["Id"]) for entry in Entries]
+        return {"Successful": [{"Id": entry["Id"]} for entry in Entries], "Failed": []}
 
+
+def test_on_ctrl_c_the_calls_in_flight_finish_no_other_starts_and_it_says_where_it_stopped() -> None:
     def interrupt(_: int) -> None:
         raise KeyboardInterrupt
 
-    sqs = Sqs()
+    sqs = SlowSqs()
     rows = [Row(n, f'{{"n":{n}}}') for n in range(2, 502)]  # 50 calls
 
-    report = BatchSender(sqs, QUEUE_URL, in_flight=2).send(rows, on_progress=interrupt)  # type: ignore[arg-type]
+    report = BatchSender(sqs, QUEUE_URL, in_flight=2).send(iter(rows), on_progress=interrupt)  # type: ignore[arg-type]
 
     assert report.interrupted
     assert 10 <= report.sent == len(sqs.taken) < 100
-    assert set(report.failed) == {row.number for row in rows} - set(sqs.taken)
-    assert set(report.failed.values()) == {"interrupted"}
+    assert report.failures == 0
+    assert report.not_sent_from is not None
+    assert set(range(2, 502)) - set(sqs.taken) == set(range(report.not_sent_from, 502)), "a resumable cut"
+
+
+def test_rows_are_read_as_they_are_sent_a_few_calls_ahead() -> None:
+    sqs = SlowSqs()
+    read, ahead = 0, []
+
+    def rows() -> Iterator[Row]:
+        nonlocal read
+        for n in range(2, 1002):
+            read += 1
+            ahead.append(read - len(sqs.taken))
+            yield Row(n, f'{{"n":{n}}}')
+
+    report = BatchSender(sqs, QUEUE_URL, in_flight=2).send(rows())  # type: ignore[arg-type]
+
+    assert report.sent == 1000
+    assert sorted(sqs.taken) == list(range(2, 1002))
+    assert max(ahead) <= (2 * 2 + 1) * 10, "held rows are bounded by the calls in flight, not the file"
+
+
+def test_many_refused_rows_keep_a_bounded_list_and_the_full_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    class RefusingSqs:
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+            return {
+                "Successful": [],
+                "Failed": [{"Id": e["Id"], "Code": "TooBig", "SenderFault": True} for e in Entries],
+            }
+
+    monkeypatch.setattr(producer, "MAX_FAILED_KEPT", 25)
+
+    report = BatchSender(RefusingSqs(), QUEUE_URL).send(Row(n, "{}") for n in range(2, 102))  # type: ignore[arg-type]
+
+    assert (report.sent, report.failures, len(report.failed)) == (0, 100, 25)

@@ -46,9 +46,11 @@ class Listing(NamedTuple):
     read: int  # messages read, copies included: `limit` of them means there may be more
 
 
-def list_letters(sqs: "SQSClient", dlq_url: str, limit: int = 100) -> Listing:
+def list_letters(
+    sqs: "SQSClient", dlq_url: str, limit: int = 100, on_progress: Callable[[int], None] | None = None
+) -> Listing:
     """Up to `limit` dead letters, left on the queue."""
-    items = peek(sqs, dlq_url, limit)
+    items = peek(sqs, dlq_url, limit, on_progress)
     return Listing(distinct([StoredDeadLetter.from_peeked(item) for item in items]), len(items))
 
 

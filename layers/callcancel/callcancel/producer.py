@@ -5,11 +5,14 @@ What is validated is the exact body that is sent: compact JSON of the given fiel
 
 import csv
 import functools
+import itertools
 import json
+import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, NamedTuple
@@ -30,6 +33,7 @@ SQS_BATCH = 10
 IN_FLIGHT = 8  # SendMessageBatch calls at once: 10,000 rows are 1,000 calls
 RETRIES = 3  # for entries SQS refuses for its own reasons (not the sender's)
 MAX_ERRORS_SHOWN = 20
+MAX_FAILED_KEPT = 1000  # rows SQS refused, kept with the reason
 MAX_ERRORS_KEPT = 1000  # a file of a million bad rows must not hold a million messages
 # A valid row is under 5 KB (a reason of 500 characters, quoted); a longer line is refused unread.
 MAX_LINE_BYTES = 64 * 1024
@@ -232,57 +236,121 @@ def csv_rows(data: BinaryIO) -> Iterator[Row]:
 
 
 def read_csv(data: BinaryIO) -> list[Row]:
-    """Every row's message body; raises `InvalidCsv` listing each bad row, having sent nothing."""
+    """Every row's message body, for a small file; raises `InvalidCsv` listing each bad row."""
     check_csv(data)
     data.seek(0)
     return list(csv_rows(data))
 
 
-def read_csv_file(path: Path) -> list[Row]:
-    try:
-        with path.open("rb") as data:
-            return read_csv(data)
-    except OSError as exc:
-        raise InvalidCsv([f"cannot read {path}: {exc}"]) from None
+class CsvFile:
+    """A CSV file of cancel requests, read twice as a stream: first every row is checked, then sent.
+
+    So memory does not grow with the file, and still nothing is sent unless every row is valid.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self.changed: str | None = None  # set when the second read met what the first did not
+        self._stamp: tuple[int, int, int] | None = None
+
+    def check(self) -> int:
+        """How many rows the file holds, every one valid; else `InvalidCsv`."""
+        with self._open() as data:
+            self._stamp = _stamp(data)
+            self.rows = check_csv(data)
+        return self.rows
+
+    def read(self) -> Iterator[Row]:
+        """The rows `check` passed, read again; stops (and says so in `changed`) if the file changed meanwhile."""
+        with self._open() as data:
+            if _stamp(data) != self._stamp:
+                raise InvalidCsv([f"{self.path} changed after it was checked: check it again"])
+            read = 0
+            for item in _read(data):
+                if not isinstance(item, Row):
+                    self.changed = f"{self.path} changed while it was sent: {item}"
+                    return
+                read += 1
+                yield item
+            if read != self.rows:
+                self.changed = f"{self.path} changed while it was sent: {read} rows, not {self.rows}"
+
+    def _open(self) -> BinaryIO:
+        try:
+            return self.path.open("rb")
+        except OSError as exc:
+            raise InvalidCsv([f"cannot read {self.path}: {exc}"]) from None
+
+
+def _stamp(data: BinaryIO) -> tuple[int, int, int]:
+    status = os.fstat(data.fileno())
+    return status.st_ino, status.st_size, status.st_mtime_ns
 
 
 @dataclass
 class SendReport:
     sent: int = 0
-    failed: dict[int, str] = field(default_factory=dict)  # row number -> why SQS refused it
+    failures: int = 0  # rows SQS refused
+    failed: dict[int, str] = field(default_factory=dict)  # the first MAX_FAILED_KEPT of them -> why
     interrupted: bool = False
+    not_sent_from: int | None = None  # interrupted: no row from this one on was tried
 
     def add(self, chunk: Sequence[Row], failed: dict[int, str]) -> None:
         self.sent += len(chunk) - len(failed)
-        self.failed |= failed
+        self.failures += len(failed)
+        room = max(MAX_FAILED_KEPT - len(self.failed), 0)
+        self.failed |= dict(itertools.islice(failed.items(), room))
 
 
 class BatchSender:
-    """SendMessageBatch, 10 rows per call and several calls in flight; refused entries retried a few times."""
+    """SendMessageBatch, 10 rows per call and several calls in flight; refused entries retried a few times.
+
+    Rows are read as they are sent: no more than a few calls' worth are held at a time.
+    """
 
     def __init__(self, sqs: "SQSClient", queue_url: str, *, in_flight: int = IN_FLIGHT) -> None:
         self._sqs = sqs
         self._queue_url = queue_url
         self._in_flight = in_flight
 
-    def send(self, rows: Sequence[Row], on_progress: Callable[[int], None] | None = None) -> SendReport:
-        """Every row ends sent or in `failed`; on Ctrl-C too (the calls in flight finish, no other starts)."""
+    def send(self, rows: Iterable[Row], on_progress: Callable[[int], None] | None = None) -> SendReport:
+        """Every row ends sent or refused; on Ctrl-C, the calls in flight finish, no other starts, and
+        `not_sent_from` says where sending stopped."""
         report = SendReport()
-        chunks = [rows[start : start + SQS_BATCH] for start in range(0, len(rows), SQS_BATCH)]
+        window: deque[tuple[Sequence[Row], Future[dict[int, str]]]] = deque()
+        next_row: int | None = None  # the first row not handed to a call yet, when known
         with ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="publish") as pool:
-            futures = [pool.submit(self._send_chunk, chunk) for chunk in chunks]
             try:
-                for chunk, future in zip(chunks, futures, strict=True):
-                    report.add(chunk, future.result())
-                    if on_progress:
-                        on_progress(len(chunk))
+                for chunk in itertools.batched(rows, SQS_BATCH, strict=False):
+                    window.append((chunk, pool.submit(self._send_chunk, chunk)))
+                    next_row = chunk[-1].number + 1
+                    if len(window) >= 2 * self._in_flight:  # keep the pool busy, and memory flat
+                        self._settle(report, window.popleft(), on_progress)
+                next_row = None
+                while window:
+                    self._settle(report, window.popleft(), on_progress)
             except KeyboardInterrupt:
                 pool.shutdown(cancel_futures=True)
-                report = SendReport(interrupted=True)
-                for chunk, future in zip(chunks, futures, strict=True):
-                    not_tried = dict.fromkeys((row.number for row in chunk), "interrupted")
-                    report.add(chunk, not_tried if future.cancelled() else future.result())
+                report.interrupted = True
+                # The pool starts calls in order: the ones it never started are the last ones.
+                not_started = [waiting[0].number for waiting, call in window if call.cancelled()]
+                for waiting, call in window:
+                    if not call.cancelled():
+                        report.add(waiting, call.result())
+                report.not_sent_from = not_started[0] if not_started else next_row
         return report
+
+    @staticmethod
+    def _settle(
+        report: SendReport,
+        call: tuple[Sequence[Row], "Future[dict[int, str]]"],
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        chunk, future = call
+        report.add(chunk, future.result())
+        if on_progress:
+            on_progress(len(chunk))
 
     def _send_chunk(self, chunk: Sequence[Row]) -> dict[int, str]:
         """The rows SQS did not take, with its error code."""
@@ -311,11 +379,11 @@ class BatchSender:
 
 
 def publish_rows(
-    rows: Sequence[Row],
+    rows: Iterable[Row],
     queue_url: str,
     *,
     sqs: "SQSClient | None" = None,
     on_progress: Callable[[int], None] | None = None,
 ) -> SendReport:
-    """Send already validated rows (from `read_csv`) to the queue."""
+    """Send already validated rows (from `CsvFile.read`) to the queue."""
     return BatchSender(sqs or _sqs(None), queue_url).send(rows, on_progress)

@@ -70,4 +70,4 @@ class DigestSettings(_EnvSettings):
     alert_topic_arn: str = Field(min_length=1)
     stack_name: str = Field(min_length=1)
     aws_region: str = "us-east-1"
-    digest_limit: int = Field(100, ge=1, le=1000)
+    digest_limit: int = Field(100, ge=1, le=10_000)  # 10,000 letters are read in seconds (make bench)
