@@ -1,9 +1,9 @@
 """`make demo`: the whole job on this machine, from the real template, with no AWS account and no Docker.
 
 It starts an embedded AWS (moto server) and the provider simulator, deploys template.yaml into it, publishes
-a realistic mix of cancel requests, runs the deployed worker until the queue is drained (with fast demo
-retry settings), and prints what happened: outcomes per class, each dead letter with its reason, and the
-provider calls made.
+a realistic mix of cancel requests (one of them as an EventBridge event), runs the deployed worker until the
+queue is drained (with fast demo retry settings), and prints what happened: outcomes per class, each dead
+letter with its reason, the provider calls made, and what `callcancel status` tells a producer.
 """
 
 import contextlib
@@ -46,6 +46,12 @@ OUTCOME_CLASSES = (
 )
 DEAD_LETTER_CLASSES = OUTCOME_CLASSES[3:]
 PURGE_PLAN = {"targets": [{"provider": "plum", "account": "acme", "application_id": "7001", "deployment_id": "3"}]}
+# Sent as a Cancel Requested event on the stack's bus, the second way in.
+EVENT_REQUEST = ["ryng", "--account", "acme", "--call-id", "e-1", "--request-id", "crm-88:cancel"]
+# What a producer asks at the end: a cancelled, an EventBridge, a deferred-then-purged and a dead-lettered request.
+STATUS_OF = ["crm-77:cancel", "crm-88:cancel", "crm-90:nightly", "crm-91:cancel"]
+# The README's example subscriber: every failure of one account, on a queue of its own.
+FAILURES_OF_ACME = {"source": ["callcancel"], "detail-type": ["Cancel Failed"], "detail": {"account": ["acme"]}}
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ def seed(simulator: ProviderSimulator, accounts: DemoAccounts = DemoAccounts()) 
 
 def scenario(simulator: ProviderSimulator) -> list[str]:
     """The demo's cancel requests, with the provider behaviour each one meets."""
-    simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001", "n-1", "n-2")
+    simulator.add_ryng_calls("acme", "r-1001", "r-1002", "1003", "r-2001", "n-1", "n-2", "e-1")
     simulator.add_plum_deployment("ops@acme.example", "7001", "3", pending=30)  # in the nightly purge plan
     simulator.add_ryng_calls("globex", "g-1")
     simulator.add_ryng_calls("initech", "i-1")
@@ -95,8 +101,10 @@ def scenario(simulator: ProviderSimulator) -> list[str]:
         {"provider": "ryng", "account": "initech", "call_id": "i-1"},  # no secret for this account
         {"provider": "ryng", "account": "acme", "call_id": "../../admin"},  # invalid
         '{"provider": "plum", "account": "acme"',  # not even JSON
-        {"provider": "ryng", "account": "acme", "call_id": "r-2001"},  # an outage that does not recover
-        {"provider": "ryng", "account": "acme", "call_id": "n-1", "when": "nightly"},  # held for the purge
+        # an outage that does not recover
+        {"provider": "ryng", "account": "acme", "call_id": "r-2001", "request_id": "crm-91:cancel"},
+        # held for the purge
+        {"provider": "ryng", "account": "acme", "call_id": "n-1", "when": "nightly", "request_id": "crm-90:nightly"},
         {"provider": "ryng", "account": "acme", "call_id": "n-2", "when": "nightly"},
     ]
     return [body if isinstance(body, str) else json.dumps(body) for body in requests]
@@ -122,11 +130,40 @@ class DemoReport:
     provider_calls: Counter[tuple[str, int]]
     digest: dict[str, str]  # the DLQ alarm's digest as AlertTopic delivered it: Subject and Message
     fix: "OperatorFix"
+    via_eventbridge: "Command"  # `callcancel publish ... --via eventbridge`
+    status: "Command"  # `callcancel status ...` at the end
+    acme_failures: list[dict[str, Any]]  # the Cancel Failed events the README's example rule caught
 
     @property
     def unaccounted(self) -> int:
         # Each published, purged or redriven request ends in one outcome; a deferred one ends again once purged.
         return self.published + self.purged + self.fix.redriven - sum(self.outcomes.values())
+
+
+@dataclass
+class Command:
+    """A `callcancel` command the demo ran, as a person would, with what it printed."""
+
+    line: str
+    output: str
+    status: int
+
+
+def callcancel(*argv: str) -> Command:
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        status = callcancel_cli(list(argv))
+    return Command(shlex.join(["callcancel", *argv]), output.getvalue().rstrip(), status)
+
+
+def subscribe(stack: DeployedStack, name: str, pattern: dict[str, Any]) -> str:
+    """A rule on the stack's bus sending the events it matches to a new queue (moto delivers to SQS itself)."""
+    sqs, events, bus = boto3.client("sqs"), boto3.client("events"), stack.outputs["EventBusName"]
+    queue_url = sqs.create_queue(QueueName=f"{stack.name}-{name}")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events.put_rule(Name=name, EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule=name, EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}])
+    return queue_url
 
 
 @dataclass
@@ -149,9 +186,11 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     runner = EventSourceRunner(stack)  # deploy() switched moto's own poller off: this is the only one
     seed(simulator)
     sqs = boto3.client("sqs")
+    acme_failures = subscribe(stack, "acme-failures", FAILURES_OF_ACME)
     bodies = scenario(simulator)
     for body in bodies:
         sqs.send_message(QueueUrl=stack.outputs["CancelQueueUrl"], MessageBody=body)
+    via_eventbridge = callcancel("publish", *EVENT_REQUEST, "--via", "eventbridge", "--stack-name", stack.name)
     boto3.client("ssm").put_parameter(
         Name=stack.outputs["PurgePlanParameter"], Value=json.dumps(PURGE_PLAN), Type="String", Overwrite=True
     )
@@ -160,10 +199,11 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
     runner.run_until_drained(timeout=60)
     digest = alert_digest(stack, runner)
     fix = fix_config_failure(stack, runner, digest["Message"])
+    status = callcancel("status", *STATUS_OF, "--stack-name", stack.name)
 
     worker = runner.output["CancelWorker"]
     return stack, DemoReport(
-        published=len(bodies),
+        published=len(bodies) + (via_eventbridge.status == 0),
         purged=int(runner.output["NightlyPurge"].total("PurgeEnqueued")),
         outcomes={name: int(worker.total("Outcome", outcome=name)) for name in OUTCOME_CLASSES},
         retries=int(worker.total("Outcome", outcome="retry")),
@@ -171,6 +211,9 @@ def run(simulator: ProviderSimulator) -> tuple[DeployedStack, DemoReport]:
         provider_calls=Counter((call.provider, call.status) for call in simulator.calls()),
         digest=digest,
         fix=fix,
+        via_eventbridge=via_eventbridge,
+        status=status,
+        acme_failures=[json.loads(m["body"]) for m in peek(sqs, acme_failures)],
     )
 
 
@@ -223,6 +266,8 @@ def alert_digest(stack: DeployedStack, runner: EventSourceRunner) -> dict[str, s
 
 
 def print_summary(report: DemoReport) -> None:
+    command = report.via_eventbridge
+    print(f"\nOne of them came in as an EventBridge event:\n\n  $ {command.line}\n  {command.output}")
     print(
         f"\nOutcomes ({report.published} published, {report.purged} enqueued by the nightly purge,"
         f" {report.fix.redriven} redriven after the fix below, {report.retries} retries on the way):"
@@ -248,6 +293,13 @@ def print_summary(report: DemoReport) -> None:
     print(f"\n  $ {fix.command}")
     print("\n".join(f"  {line}" for line in fix.output.splitlines()))
     print(f"  (exit {fix.status}); the worker then cancelled i-1 at Ryng.")
+    failures = Counter(event["detail"]["failure_class"] for event in report.acme_failures)
+    print(
+        "\nA subscriber's rule on the bus (Cancel Failed, account acme) caught"
+        f" {len(report.acme_failures)} event(s): {', '.join(f'{n} {c}' for c, n in sorted(failures.items()))}"
+    )
+    print(f"\nWhat became of them? A producer asks:\n\n  $ {report.status.line}")
+    print("\n".join(f"  {line}" for line in report.status.output.splitlines()))
     lost = report.unaccounted
     print(f"\nEvery message accounted for: {'yes' if lost == 0 else f'NO, {lost} unaccounted'}")
 

@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from callcancel.errors import AuthDenied, InvalidRequest, NotFound, TransientFailure
 from callcancel.models import parse_cancel_request
-from callcancel.outcomes import Outcome, OutcomeRecorder, outcome_clients
+from callcancel.outcomes import Outcome, OutcomeRecorder
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 
 pytestmark = pytest.mark.integration
@@ -75,8 +75,7 @@ def outcomes(embedded_aws: EmbeddedAws) -> Iterator[Outcomes]:
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     events.put_rule(Name="all-outcomes", EventBusName="cancels", EventPattern=json.dumps({"source": ["callcancel"]}))
     events.put_targets(Rule="all-outcomes", EventBusName="cancels", Targets=[{"Id": "q", "Arn": queue_arn}])
-    dynamodb, events_client = outcome_clients(boto3.Session())
-    yield Outcomes(OutcomeRecorder(dynamodb, "outcomes", events_client, "cancels"), queue_url=queue_url)
+    yield Outcomes(OutcomeRecorder.create("outcomes", "cancels"), queue_url=queue_url)
 
 
 def test_a_cancelled_request_is_recorded_and_announced(outcomes: Outcomes) -> None:
@@ -214,8 +213,7 @@ def test_an_invalid_body_is_recorded_under_its_message_id_with_what_can_be_read(
 
 
 def test_no_table_and_no_bus_cost_the_cancel_nothing(outcomes: Outcomes, capsys: pytest.CaptureFixture[str]) -> None:
-    dynamodb, events = outcome_clients(boto3.Session())
-    recorder = OutcomeRecorder(dynamodb, "no-such-table", events, "no-such-bus")
+    recorder = OutcomeRecorder.create("no-such-table", "no-such-bus")
     capsys.readouterr()
 
     recorder.record(outcome("cancelled"))  # does not raise

@@ -12,7 +12,7 @@ import pytest
 import callcancel
 from callcancel.cli import main
 from callcancel.errors import NotFound, TransientFailure
-from callcancel.outcomes import OutcomeRecorder, outcome_clients
+from callcancel.outcomes import OutcomeRecorder
 from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
 from tests.integration.test_outcomes import outcome
@@ -49,8 +49,7 @@ def producer(embedded_aws: EmbeddedAws, monkeypatch: pytest.MonkeyPatch, tmp_pat
     events.put_targets(
         Rule="way-in", EventBusName=BUS, Targets=[{"Id": "q", "Arn": queue_arn, "InputPath": "$.detail"}]
     )
-    dynamodb, _ = outcome_clients(boto3.Session())
-    yield Producer(OutcomeRecorder(dynamodb, TABLE, None, None), queue_url)
+    yield Producer(OutcomeRecorder.create(TABLE, None), queue_url)
 
 
 def test_status_shows_the_outcome_attempts_last_answer_and_when(

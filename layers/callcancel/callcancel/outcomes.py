@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+import boto3
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -69,6 +70,9 @@ class Outcome:
     ) -> "Outcome":
         """`request` is None when the body is not a valid cancel request: what can be read of it is used."""
         fields = _request_fields(request) if request is not None else _lenient_fields(record.body)
+        if outcome == "duplicate" and request is not None and request.when == "nightly":
+            # A nightly request delivered again is still waiting for the night: its record and event say so.
+            outcome = "deferred"
         return cls(
             key=fields.get("request_id") or record.message_id,
             outcome=outcome,
@@ -161,6 +165,13 @@ class OutcomeRecorder:
             logger.warning("OUTCOME_TABLE is not set: no outcome records are written")
         if not bus:
             logger.warning("EVENT_BUS_NAME is not set: no outcome events are put")
+
+    @classmethod
+    def create(cls, table: str | None, bus: str | None, *, retention_days: int = 400) -> "OutcomeRecorder":
+        """A recorder with its own clients (made only for what is configured): once per container."""
+        dynamodb = boto3.client("dynamodb", config=CLIENT_CONFIG) if table else None
+        events = boto3.client("events", config=CLIENT_CONFIG) if bus else None
+        return cls(dynamodb, table, events, bus, retention_days=retention_days)
 
     def record(self, outcome: Outcome) -> None:
         """Never raises: the message's fate does not depend on it."""
@@ -263,8 +274,3 @@ def _condition(outcome: Outcome) -> tuple[str | None, dict[str, Any]]:
         condition += f" OR #outcome IN ({', '.join(f':dead_{c}' for c in classes)})"
         values |= {f":dead_{c}": {"S": c} for c in classes}
     return condition, values
-
-
-def outcome_clients(session: Any) -> tuple["DynamoDBClient", Any]:
-    """The DynamoDB and EventBridge clients the recorder needs, with short timeouts and one retry."""
-    return session.client("dynamodb", config=CLIENT_CONFIG), session.client("events", config=CLIENT_CONFIG)

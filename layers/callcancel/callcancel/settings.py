@@ -39,6 +39,9 @@ class Settings(_EnvSettings):
     provider_timeout_seconds: float = Field(10, gt=0)
     provider_connect_timeout_seconds: float = Field(3.05, gt=0)
     max_in_flight: int = Field(10, ge=1, le=100)
+    outcome_table: str | None = None
+    event_bus_name: str | None = None
+    outcome_retention_days: int = Field(400, ge=1)
 
     @property
     def attempt_budget_seconds(self) -> float:

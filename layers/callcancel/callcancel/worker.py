@@ -30,6 +30,7 @@ from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, NotFou
 from callcancel.idempotency import CancelRecords, KeyLocks, lock_expires_in
 from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
 from callcancel.observability import count, count_outcome, count_records, logger
+from callcancel.outcomes import Outcome, OutcomeRecorder
 from callcancel.providers import PROVIDERS, provider_session
 from callcancel.queues import WorkerQueues
 from callcancel.settings import Settings
@@ -73,9 +74,12 @@ class CancelWorker:
         queues: WorkerQueues,
         idempotency_table: str | None,
         deferred: DeferredStore | None = None,
+        *,
+        outcomes: OutcomeRecorder | None = None,
     ):
         self._settings = settings
         self._deferred = deferred
+        self._outcomes = outcomes or OutcomeRecorder.create(None, None)
         self._canceller = canceller
         self._queues = queues
         self._executor = ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="cancel")
@@ -127,7 +131,7 @@ class CancelWorker:
         try:
             request = parse_cancel_request(record.body)
         except InvalidRequest as failure:
-            return self._dead_letter(record, failure, attempt, provider="unknown")
+            return self._dead_letter(record, failure, attempt, None)
 
         logger.thread_safe_append_keys(
             correlation_id=request.request_id or record.message_id,
@@ -146,11 +150,11 @@ class CancelWorker:
         try:
             outcome = self._cancel_or_defer(request, key=request.request_id or record.message_id, body=record.body)
         except CancelFailure as failure:
-            return self._dead_letter(record, failure, attempt, provider=request.provider)
+            return self._dead_letter(record, failure, attempt, request)
         except TransientFailure as failure:
             # A lock wait may use one receive beyond MAX_ATTEMPTS: the queue's redrive allows MAX_ATTEMPTS + 2.
             if attempt >= self._settings.max_attempts + isinstance(failure, LockHeld):
-                return self._dead_letter(record, failure.exhausted(attempt), attempt, provider=request.provider)
+                return self._dead_letter(record, failure.exhausted(attempt), attempt, request)
             delay = backoff_seconds(
                 attempt,
                 base=self._settings.retry_base_seconds,
@@ -159,10 +163,12 @@ class CancelWorker:
             )
             self._queues.delay(record, delay)
             count_outcome(request.provider, "retry")
+            self._outcomes.record(Outcome.of(record, request, "retrying", failure))
             logger.info("will retry", extra={"reason": failure.reason, "delay_seconds": delay})
             raise RetryLater(failure.reason) from None
         count_outcome(request.provider, outcome)
         logger.info(outcome)
+        self._outcomes.record(Outcome.of(record, request, outcome))
         return outcome
 
     def _cancel_or_defer(self, request: RyngCancel | PlumCancel, key: str, body: str) -> str:
@@ -214,9 +220,11 @@ class CancelWorker:
         attempt.confirmed = True
         return {"outcome": "cancelled"}
 
-    def _dead_letter(self, record: SQSRecord, failure: CancelFailure, attempt: int, *, provider: str) -> str:
+    def _dead_letter(
+        self, record: SQSRecord, failure: CancelFailure, attempt: int, request: RyngCancel | PlumCancel | None
+    ) -> str:
         self._queues.dead_letter(DeadLetter(record.body, failure, attempt, record.message_id))
-        count_outcome(provider, failure.failure_class)
+        count_outcome(request.provider if request else "unknown", failure.failure_class)
         logger.warning(
             "dead-lettered",
             extra={
@@ -225,6 +233,7 @@ class CancelWorker:
                 "http_status": failure.http_status,
             },
         )
+        self._outcomes.record(Outcome.of(record, request, str(failure.failure_class), failure))
         return str(failure.failure_class)
 
 
@@ -274,4 +283,7 @@ def worker_for(settings: Settings) -> CancelWorker:
     canceller = Canceller(clients, SecretStore(max_age=300), settings.secret_prefix)
     queues = WorkerQueues(boto3.client("sqs"), settings.dead_letter_queue_url, settings.cancel_queue_url)
     deferred = DeferredStore(boto3.client("dynamodb"), settings.deferred_table) if settings.deferred_table else None
-    return CancelWorker(settings, canceller, queues, settings.idempotency_table, deferred)
+    outcomes = OutcomeRecorder.create(
+        settings.outcome_table, settings.event_bus_name, retention_days=settings.outcome_retention_days
+    )
+    return CancelWorker(settings, canceller, queues, settings.idempotency_table, deferred, outcomes=outcomes)
