@@ -7,6 +7,7 @@ nothing else.
 """
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,7 +40,12 @@ EVENT_FAILED_METRIC = "OutcomeEventFailed"
 CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=3, retries={"mode": "standard", "total_max_attempts": 3})
 # Producer text read from a body that failed validation: enough to recognise it, never the whole body.
 _LENIENT_MAX = 128
-_request_id = TypeAdapter[str](RequestId)
+
+
+@functools.cache
+def _request_id() -> TypeAdapter[str]:
+    # Built on first use: only a body that fails validation needs it, never the cold start.
+    return TypeAdapter[str](RequestId)
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,7 @@ def _lenient_fields(body: str) -> dict[str, Any]:
         fields["target"] = f"{text('application_id') or '?'}/{text('deployment_id') or '?'}"
     # Only an id that could be a key: a malformed request_id falls back to the message id.
     with contextlib.suppress(ValidationError):
-        fields["request_id"] = _request_id.validate_python(value.get("request_id"), strict=True)
+        fields["request_id"] = _request_id().validate_python(value.get("request_id"), strict=True)
     return fields
 
 
