@@ -51,19 +51,23 @@ def main() -> int:
         simulator.add_ryng_calls("acme", *(f"call-{i}" for i in range(1, 100)))
         simulator.add_ryng_calls("initech", "i-1")  # known to Ryng; its secret is missing until you create it
         queue, dlq = stack.outputs["CancelQueueUrl"], stack.outputs["DeadLetterQueueUrl"]
+        table, bus = stack.outputs["OutcomeTableName"], stack.outputs["EventBusName"]
         print(f"""callcancel local stack is up (Ctrl-C to stop).
 
   export AWS_ENDPOINT_URL={aws.endpoint_url} AWS_DEFAULT_REGION=us-east-1
   export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
   export CALLCANCEL_QUEUE_URL={queue}
   export CALLCANCEL_DLQ_URL={dlq}
+  export CALLCANCEL_OUTCOME_TABLE={table} CALLCANCEL_EVENT_BUS={bus}
 
-  .venv/bin/callcancel publish ryng --account acme --call-id call-1
+  .venv/bin/callcancel publish ryng --account acme --call-id call-1 --request-id order-1:cancel
+  .venv/bin/callcancel publish ryng --account acme --call-id call-2 --request-id order-2:cancel --via eventbridge
+  .venv/bin/callcancel status order-1:cancel order-2:cancel
   .venv/bin/callcancel publish ryng --account initech --call-id i-1     # no secret: dead-lettered as config
   .venv/bin/callcancel dlq list
   .venv/bin/callcancel dlq redrive --class config --dry-run
 
-  (or --stack-name {stack.name} instead of the two queue URLs; the aws CLI needs --endpoint-url $AWS_ENDPOINT_URL)
+  (or --stack-name {stack.name} instead of the exports; the aws CLI needs --endpoint-url $AWS_ENDPOINT_URL)
 
 Demo accounts: ryng/acme (calls call-1..call-99 pending), ryng/globex (revoked token), ryng/initech (call i-1;
 no secret until you create callcancel/ryng/initech with access_token demo-initech-token), plum/acme
