@@ -1,6 +1,10 @@
 """Every row of the outcome table, for each provider, from the HTTP answer alone (no network)."""
 
+import gzip
 import io
+import json
+import time
+import zlib
 from http.client import RemoteDisconnected
 from typing import Any
 
@@ -12,6 +16,7 @@ from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnection
 from callcancel.errors import AuthDenied, ConfigError, NotFound, Rejected, TransientFailure
 from callcancel.models import PlumCancel, PlumCredentials, RyngCancel, RyngCredentials
 from callcancel.providers import PlumClient, RyngClient
+from callcancel.providers.base import MAX_BODY_BYTES, Answer
 
 RYNG_REQUEST = RyngCancel(provider="ryng", account="acme", call_id="c-1")
 PLUM_REQUEST = PlumCancel(provider="plum", account="acme", application_id="a1", deployment_id="d1")
@@ -278,3 +283,53 @@ def test_a_retry_after_that_float_refuses_is_ignored() -> None:
     with pytest.raises(TransientFailure) as caught:
         cancel_at("plum", AnsweringSession(429, b"", {"Retry-After": "\u00b2"}))  # "²".isdigit() is True
     assert caught.value.retry_after is None
+
+
+class Wire(io.BytesIO):
+    """A body in memory that counts what the reader took of it."""
+
+    taken = 0
+
+    def read1(self, size: int = -1, /) -> bytes:
+        data = super().read1(size)
+        self.taken += len(data)
+        return data
+
+
+def read_from(stream: io.BytesIO, headers: dict[str, str], status: int = 500) -> Answer:
+    response = requests.Response()
+    response.status_code = status
+    response.raw = urllib3.HTTPResponse(body=stream, headers=headers, status=status, preload_content=False)
+    return Answer.read(response, deadline=time.monotonic() + 10)
+
+
+GZIP = {"Content-Encoding": "gzip"}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"), [("gzip", gzip.compress), ("x-gzip", gzip.compress), ("deflate", zlib.compress)]
+)
+def test_a_compressed_body_we_did_not_ask_for_is_still_read_within_the_cap(encoding: str, compress: Any) -> None:
+    body = json.dumps({"error": "database error"}).encode()
+    assert read_from(io.BytesIO(compress(body)), {"Content-Encoding": encoding}).message == "database error"
+
+
+def test_a_body_that_inflates_past_the_cap_is_refused_and_one_at_the_cap_is_read() -> None:
+    at_cap = b'{"error": "' + b"x" * (MAX_BODY_BYTES - 13) + b'"}'
+    assert len(at_cap) == MAX_BODY_BYTES
+    assert read_from(io.BytesIO(gzip.compress(at_cap)), GZIP).message is not None
+    assert read_from(io.BytesIO(gzip.compress(at_cap + b" ")), GZIP).message is None
+
+
+def test_what_follows_a_compressed_stream_is_not_read() -> None:
+    # zlib keeps whatever follows the end of the stream in unused_data: 300 MB would all be held.
+    stream = Wire(gzip.compress(b'{"error": "database error"}') + bytes(10 << 20))
+    assert read_from(stream, GZIP).message == "database error"
+    assert stream.taken < 1 << 20
+
+
+def test_a_compressed_stream_that_yields_nothing_is_not_read_to_its_end() -> None:
+    # A gzip header whose file name field never ends: no output, however much is read.
+    stream = Wire(b"\x1f\x8b\x08\x08\x00\x00\x00\x00\x00\xff" + b"n" * (10 << 20))
+    assert read_from(stream, GZIP).message is None
+    assert stream.taken < 1 << 20

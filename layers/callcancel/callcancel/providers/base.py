@@ -87,28 +87,31 @@ def _read_capped(raw: Any, deadline: float) -> tuple[bytes | None, str | None]:
     if encoding not in ("", "identity", *_ZLIB_WBITS):
         return None, None
     decoder = zlib.decompressobj(_ZLIB_WBITS[encoding]) if encoding in _ZLIB_WBITS else None
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
+    wire = 0  # bytes as received
+    cut_short = None
     try:
-        while size <= MAX_BODY_BYTES:
+        # Past the end of a compressed stream nothing is read: zlib would keep all of it in unused_data.
+        while len(body) <= MAX_BODY_BYTES and wire <= 2 * MAX_BODY_BYTES and not (decoder and decoder.eof):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                return b"".join(chunks), "the deadline passed"
+                cut_short = "the deadline passed"
+                break
             _wait_at_most(raw, remaining)
             # read1: at most one read of the socket, so the deadline is checked between reads.
             data = raw.read1(_READ_CHUNK, decode_content=False)
             if not data:
-                return b"".join(chunks), None
-            if decoder is not None:
-                # Bounded output: a megabyte that inflates to gigabytes yields one byte past the cap, then stops.
-                data = decoder.decompress(data, MAX_BODY_BYTES + 1 - size)
-            chunks.append(data)
-            size += len(data)
+                break
+            wire += len(data)
+            # Bounded output: a megabyte that inflates to gigabytes yields one byte past the cap, then stops.
+            body += decoder.decompress(data, MAX_BODY_BYTES + 1 - len(body)) if decoder else data
     except zlib.error:
         return None, None
     except (Urllib3Error, OSError):
-        return b"".join(chunks), "the connection dropped"
-    return (None if decoder else b"".join(chunks)[:MAX_BODY_BYTES]), None
+        cut_short = "the connection dropped"
+    if decoder and (len(body) > MAX_BODY_BYTES or (wire > 2 * MAX_BODY_BYTES and not decoder.eof)):
+        return None, None  # a bomb, or a stream that yields nothing for twice the cap: refused, not cut
+    return bytes(body[:MAX_BODY_BYTES]), cut_short
 
 
 def _wait_at_most(raw: Any, seconds: float) -> None:
