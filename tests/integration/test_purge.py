@@ -401,3 +401,28 @@ def test_an_invalid_parameter_below_the_plan_fails_the_whole_run_naming_it(purge
 
     # Then nothing was sent
     assert purge.worker.queue_depth() == 0
+
+
+def test_a_scan_that_fails_part_way_lets_the_work_in_flight_finish_before_the_run_fails(
+    purge: PurgeStack, sqs_sink: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given 1,200 deferred requests, and a second scan page that DynamoDB refuses
+    purge.defer([deferred_item(f"r-{n}", {**RYNG, "call_id": f"c-{n}", "when": "nightly"}) for n in range(1200)])
+    make_api_call = BaseClient._make_api_call
+
+    def second_scan_fails(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "Scan" and "ExclusiveStartKey" in params:
+            raise throttled(operation)
+        return make_api_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", second_scan_fails)
+
+    # When the purge runs, it fails
+    with pytest.raises(ClientError):
+        purge.run()
+
+    # Then the first page was finished before it did: each of its requests sent once, and removed
+    sent = [json.loads(body)["request_id"] for batch in sqs_sink for body in batch]
+    assert len(sent) == len(set(sent)) == 500
+    monkeypatch.undo()
+    assert purge.deferred_ids() == {f"r-{n}" for n in range(1200)} - set(sent)

@@ -257,15 +257,18 @@ class NightlyPurge:
         pipeline = Pipeline(self._executor, self._settings.max_in_flight)
         should_stop = functools.partial(self._should_stop, context, pipeline)
         stopped = False
-        for start in range(0, len(planned), CHUNK):
-            if stopped := should_stop():
-                break
-            pipeline.submit(functools.partial(self._send_planned, planned[start : start + CHUNK]))
-        if self._deferred is None:
-            logger.warning("DEFERRED_TABLE is not set: only the purge plan is enqueued")
-        elif not stopped:
-            stopped = self._drain_deferred(self._deferred, purge_date, started, pipeline, should_stop)
-        result, error = pipeline.wait()
+        try:
+            for start in range(0, len(planned), CHUNK):
+                if stopped := should_stop():
+                    break
+                pipeline.submit(functools.partial(self._send_planned, planned[start : start + CHUNK]))
+            if self._deferred is None:
+                logger.warning("DEFERRED_TABLE is not set: only the purge plan is enqueued")
+            elif not stopped:
+                stopped = self._drain_deferred(self._deferred, purge_date, started, pipeline, should_stop)
+        finally:
+            # Even when a scan fails: work left running would go on in the next invocation's thaw.
+            result, error = pipeline.wait()
         self._report(result, purge_date, complete=not (stopped or error or result.refused))
         self._raise_if_unfinished(result, error, stopped)
         return result.as_dict()
