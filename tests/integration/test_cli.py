@@ -496,15 +496,17 @@ def test_redrive_ends_and_moves_each_letter_once_while_the_worker_dead_letters_t
     # Before the fix, the sweep took each copy the worker dead-lettered for a new letter and sent it back,
     # for as long as the worker ran (3 auth letters went round about 494 times each in 60 s).
     more_auth = [queues.dead_letter(ryng(f"g-{i}", "globex"), AuthDenied("ryng answered HTTP 403")) for i in (2, 3)]
-    worker = DeadLetteringWorker(queues, seconds=20)
+    worker = DeadLetteringWorker(queues, seconds=90)
     worker.start()
     status: list[int] = []
     redrive = threading.Thread(target=lambda: status.append(main(["dlq", "redrive", "--class", "auth", *queues.flags])))
 
     redrive.start()
-    redrive.join(timeout=40)
+    redrive.join(timeout=60)
     ended = not redrive.is_alive()
-    time.sleep(0.5)  # let the worker dead-letter what the redrive sent last
+    deadline = time.monotonic() + 20
+    while queues.depth(queues.queue_url) and time.monotonic() < deadline:  # the worker takes what was sent last
+        time.sleep(0.1)
     worker.stop.set()
     worker.join()
 
