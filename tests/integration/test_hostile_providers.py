@@ -5,6 +5,7 @@ real clients on real sockets where the time or the memory is.
 """
 
 import base64
+import contextlib
 import io
 import json
 import logging
@@ -268,3 +269,18 @@ def test_a_hostile_body_does_not_raise_the_memory_of_the_process(
     assert measured["outcome"] == "TransientFailure"
     assert measured["peak_mib"] < 150
     assert measured["peak_mib"] - measured["before_mib"] < 20, measured
+
+
+def test_answers_read_to_their_end_keep_the_connection_for_the_next_call(accounts: ProviderSimulator) -> None:
+    # Reading the body ourselves (streamed, capped) must still hand a finished connection back to the pool.
+    session = provider_session(pool_size=1)
+    client = PlumClient(session, accounts.plum_base_url, (1, 1))
+    credentials = PlumCredentials(email=PLUM_EMAIL, developer_key=PLUM_KEY)  # type: ignore[arg-type]
+    for deployment in ("dep1", "missing", "dep1"):
+        request = PlumCancel(provider="plum", account="acme", application_id="app1", deployment_id=deployment)
+        with contextlib.suppress(NotFound):
+            client.cancel(request, credentials)
+
+    pools = session.get_adapter(accounts.plum_base_url).poolmanager.pools
+    [pool] = [pools[key] for key in pools.keys()]  # noqa: SIM118  (the container refuses plain iteration)
+    assert (pool.num_requests, pool.num_connections) == (3, 1)
