@@ -164,6 +164,22 @@ def test_a_duplicate_does_not_overwrite_cancelled(outcomes: Outcomes) -> None:
     assert (item["outcome"], item["message_id"]) == ("cancelled", "m-1")
 
 
+@pytest.mark.parametrize(
+    ("later", "failure"),
+    [
+        # the same request_id reused for another target: dead-lettered, but this request was cancelled
+        ("invalid", InvalidRequest("request_id order-1:cancel was already used for a different target")),
+        ("not_found", NotFound("ryng answered HTTP 500: Call ID does not exist", http_status=500)),
+        ("deferred", None),
+    ],
+)
+def test_nothing_but_cancelled_overwrites_cancelled(outcomes: Outcomes, later: str, failure: Any) -> None:
+    outcomes.recorder.record(outcome("cancelled", message_id="m-1"))
+    outcomes.recorder.record(outcome(later, failure=failure, message_id="m-2"))
+    item = outcomes.item() or {}
+    assert (item["outcome"], item["message_id"]) == ("cancelled", "m-1")
+
+
 def test_a_duplicate_is_recorded_when_nothing_says_cancelled(outcomes: Outcomes) -> None:
     outcomes.recorder.record(outcome("duplicate", message_id="m-2"))
     assert (outcomes.item() or {})["outcome"] == "duplicate"

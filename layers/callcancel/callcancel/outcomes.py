@@ -267,11 +267,12 @@ class EventRefused(Exception):
 
 def _condition(outcome: Outcome) -> tuple[str | None, dict[str, Any]]:
     """When this outcome may replace the one recorded (DESIGN.md): `None` is always."""
-    if outcome.outcome == "duplicate":
-        # A later delivery of a request that succeeded does not hide that it succeeded.
-        return "attribute_not_exists(#id) OR #outcome <> :was_cancelled", {":was_cancelled": {"S": "cancelled"}}
-    if outcome.outcome != RETRYING:
+    if outcome.outcome == "cancelled":
         return None, {}
+    if outcome.outcome != RETRYING:
+        # Nothing hides that a request was cancelled: not a later duplicate (the contract), nor the same
+        # request_id reused for another target (`invalid`), which compliance would otherwise lose.
+        return "attribute_not_exists(#id) OR #outcome <> :was_cancelled", {":was_cancelled": {"S": "cancelled"}}
     # Retries never overwrite a final outcome, except that a redriven dead letter starts over.
     condition = "attribute_not_exists(#id) OR #outcome = :was_retrying"
     values: dict[str, Any] = {":was_retrying": {"S": RETRYING}}
