@@ -60,6 +60,7 @@ class _Reply:
     pieces: Callable[[], Iterable[bytes]] | None = None
     length: int = 0
     interval: float = 0.0
+    header_interval: float = 0.0  # >0: the status line and headers themselves go out a byte at a time
 
 
 @dataclass
@@ -99,7 +100,7 @@ def _body_reply(status: int, body: bytes | str | dict[str, Any] | None, headers:
 
 
 ECHO_FORMATS = ("json", "xml", "text")
-HOSTILE_BODIES = ("huge", "gzip_bomb", "drip")
+HOSTILE_BODIES = ("huge", "gzip_bomb", "drip", "drip_headers")
 
 
 def _echo(provider: str, status: int, fmt: str, headers: Headers) -> _Reply:
@@ -150,6 +151,9 @@ def _hostile(status: int, kind: str, size: int, interval: float) -> _Reply:
             length=len(body),
             interval=interval,
         )
+    if kind == "drip_headers":
+        padding = {"X-Padding": "x" * max(0, size)}
+        return _Reply(status, b"{}", {"Content-Type": "application/json", **padding}, header_interval=interval)
     raise ValueError(f"unknown hostile body {kind!r}, not one of {HOSTILE_BODIES}")
 
 
@@ -285,8 +289,9 @@ class ProviderSimulator:
         target: str | None = None,
     ) -> None:
         """Answer `status` with a hostile body: `huge` (`size` bytes), `gzip_bomb` (about `size` bytes that
-        inflate about 1,000-fold, sent although the client asked for identity) or `drip` (`size` bytes, one
-        every `interval` seconds)."""
+        inflate about 1,000-fold, sent although the client asked for identity), `drip` (`size` bytes, one
+        every `interval` seconds) or `drip_headers` (the status line and headers, with `size` bytes of padding,
+        one byte every `interval` seconds)."""
         self._add_fault(provider, _hostile(status, kind, size, interval), times, target)
 
     def _add_fault(
@@ -507,6 +512,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self.close_connection = True
             return
+        if reply.header_interval:
+            self._drip_head(reply)
+            return
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -523,6 +531,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             if reply.interval:
                 time.sleep(reply.interval)
+
+    def _drip_head(self, reply: _Reply) -> None:
+        self.close_connection = True
+        fields = {**reply.headers, "Content-Length": str(len(reply.body))}
+        head = f"HTTP/1.1 {reply.status} Dripped\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items()) + "\r\n"
+        for byte in head.encode("latin-1"):
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(reply.header_interval)
+        self.wfile.write(reply.body)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = handle_any
 

@@ -180,6 +180,23 @@ def test_a_dripped_body_does_not_hold_the_call_past_its_deadline(
     assert elapsed < 1 + 1  # the deadline (connect + read timeout, 1 s) and some slack, not 20 s
 
 
+@pytest.mark.parametrize("provider", ["ryng", "plum"])
+def test_a_dripped_status_line_and_headers_do_not_hold_the_call_past_its_deadline(
+    accounts: ProviderSimulator, provider: str
+) -> None:
+    # About 240 bytes of head, one every 0.1 s: 24 s, while no read waits longer than the 0.5 s read timeout.
+    accounts.inject_hostile(provider, 202, "drip_headers", size=150, interval=0.1)
+
+    started = time.monotonic()
+    with pytest.raises(TransientFailure) as caught:
+        cancel(accounts, provider, timeout=(0.5, 0.5))
+    elapsed = time.monotonic() - started
+
+    assert elapsed < 1 + 1  # the deadline (1 s) and some slack
+    assert caught.value.ambiguous is True  # the request was sent; its answer never came whole
+    assert "deadline" in caught.value.reason
+
+
 @pytest.mark.parametrize(
     ("provider", "status", "expected"),
     [("plum", 401, AuthDenied), ("plum", 202, None), ("ryng", 200, Rejected), ("ryng", 503, TransientFailure)],

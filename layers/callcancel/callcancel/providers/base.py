@@ -1,18 +1,24 @@
 """The provider interface, and the reading of an HTTP answer into the outcome classes of DESIGN.md."""
 
+import contextlib
 import json
+import socket
+import threading
 import time
 import xml.etree.ElementTree as ET
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError as Urllib3Error
 from urllib3.exceptions import MaxRetryError
+from urllib3.response import HTTPResponse
 
 from callcancel import __version__
 from callcancel.backoff import parse_retry_after
@@ -29,12 +35,59 @@ _READ_CHUNK = 16 * 1024
 _ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+# The deadline of the provider call this thread is making, for the connection that waits for its answer.
+_call = threading.local()
+
+
+def _answer_by_the_deadline[T](conn: HTTPConnection, getresponse: Callable[[], T]) -> T:
+    """The status line and headers, read like the body: by the call's deadline, however slowly they drip.
+
+    The read timeout bounds each read of the socket, not their sum; at the deadline, a timer shuts the
+    socket down, which ends the blocked read at once.
+    """
+    deadline: float | None = getattr(_call, "deadline", None)
+    if deadline is None:
+        return getresponse()
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), _shut, [conn])
+    timer.start()
+    try:
+        return getresponse()
+    finally:
+        timer.cancel()
+
+
+def _shut(conn: HTTPConnection) -> None:
+    if conn.sock is not None:
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
+# urllib3 narrows http.client's getresponse to its own HTTPResponse, with the same type: ignore.
+class _Connection(HTTPConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        return _answer_by_the_deadline(self, super().getresponse)
+
+
+class _TLSConnection(HTTPSConnection):
+    def getresponse(self) -> HTTPResponse:  # type: ignore[override]
+        return _answer_by_the_deadline(self, super().getresponse)
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
+
 def provider_session(pool_size: int) -> requests.Session:
     """One session per container: keep-alive connections, pooled for the batch's concurrency."""
     session = requests.Session()
     # No proxies, .netrc or CA overrides from the environment: TLS is verified against certifi's roots.
     session.trust_env = False
     adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+    adapter.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers.update(
@@ -231,6 +284,7 @@ class ProviderClient[R, C: Credentials](ABC):
     def _send(self, method: str, url: str, *, secrets: Collection[str], **kwargs: Any) -> Answer:
         """The provider's answer; `secrets` are taken out of whatever it says."""
         deadline = time.monotonic() + self._deadline
+        _call.deadline = deadline
         try:
             response = self._session.request(
                 method, url, timeout=self._timeout, allow_redirects=False, verify=True, stream=True, **kwargs
@@ -239,11 +293,15 @@ class ProviderClient[R, C: Credentials](ABC):
             raise ConfigError(f"{self.name}: the request cannot be built ({type(exc).__name__})") from None
         except requests.RequestException as exc:
             sent = may_have_arrived(exc)
-            if isinstance(exc, requests.Timeout):
+            if sent and time.monotonic() >= deadline:
+                what = f"did not answer within the call's deadline of {self._deadline:g}s"
+            elif isinstance(exc, requests.Timeout):
                 what = f"did not answer within {self._timeout[1]:g}s" if sent else "did not accept a connection in time"
             else:
                 what = ("dropped the connection" if sent else "unreachable") + f": {type(exc).__name__}"
             raise TransientFailure(f"{self.name} {what}", ambiguous=sent) from None
+        finally:
+            _call.deadline = None
         with response:
             return Answer.read(response, deadline=deadline, secrets=secrets)
 
