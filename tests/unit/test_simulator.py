@@ -407,3 +407,17 @@ def test_control_api_injects_echoes_and_hostile_bodies(client: requests.Session)
         assert TOKEN in ryng_cancel(client, sim).text
         assert len(ryng_cancel(client, sim).content) == 1000
         assert bad.status_code == 400
+
+
+def test_drip_headers_sends_the_head_one_byte_per_interval(sim: ProviderSimulator) -> None:
+    sim.inject_hostile("ryng", 202, "drip_headers", size=0, interval=0.01)
+    connection = HTTPConnection("127.0.0.1", int(sim.base_url.rsplit(":", 1)[1]), timeout=5)
+    connection.request("POST", "/ryng/acme/rest-api/v1/progressive/call/c1/cancel", headers={"x-access-token": TOKEN})
+
+    started = time.monotonic()
+    response = connection.getresponse()
+
+    # About 90 bytes of head, 0.01 s apart; then an ordinary answer.
+    assert time.monotonic() - started >= 0.5
+    assert (response.status, response.read()) == (202, b"{}")
+    connection.close()
