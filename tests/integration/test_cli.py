@@ -280,7 +280,7 @@ def test_dlq_list_prints_one_row_per_letter(
     assert status == 0
     assert rows[letters["exhausted"]][:6] == ["exhausted", "plum", "acme", "7001/2", "gave up after 5 attempts", "5"]
     assert rows[letters["auth"]][:6] == ["auth", "ryng", "globex", "g-1", "ryng answered HTTP 403", "1"]
-    assert rows[letters["auth"]][6] in ("0s", "1s"), "failed_at has whole seconds"
+    assert re.fullmatch(r"[0-9]{1,2}s", rows[letters["auth"]][6]), "seconds old, however loaded the machine"
     assert rows[letters["crashed"]][:4] == ["unclassified", "?", "?", "?"]
     assert rows[letters["crashed"]][5:] == ["-", "?"]
     assert len(rows) == 6
