@@ -155,13 +155,13 @@ def test_a_second_copy_in_the_same_batch_waits_for_the_first_and_is_a_duplicate(
 
 @pytest.fixture
 def child_env(stack: WorkerStack) -> Iterator[dict[str, str]]:
-    # Short provider timeouts (an attempt budget of 2 x 0.6 + 2 s), so that a 6 s invocation has time to start
-    # its record even on a loaded machine, and its lock expires soon.
+    # Provider timeouts that a loaded machine still meets (the call's deadline is their sum, 1.5 s), and an
+    # attempt budget (2 x 1.5 + 2 s) that leaves a 7 s invocation time to start its record; its lock expires soon.
     yield {
         **os.environ,
-        "PROVIDER_TIMEOUT_SECONDS": "0.3",
-        "PROVIDER_CONNECT_TIMEOUT_SECONDS": "0.3",
-        "CHILD_TIMEOUT_SECONDS": "6",
+        "PROVIDER_TIMEOUT_SECONDS": "1",
+        "PROVIDER_CONNECT_TIMEOUT_SECONDS": "0.5",
+        "CHILD_TIMEOUT_SECONDS": "7",
         "PYTHONPATH": str(REPO),
     }
 
@@ -198,7 +198,7 @@ def test_killed_after_the_provider_confirmed_is_not_reported_as_a_plain_failure(
     event = stack.source.receive()
     assert event is not None
     _kill_when(child_env, event, "UpdateItem")
-    lock_expired = time.monotonic() + 6.2  # the lock was taken less than the child's 6 s timeout ago
+    lock_expired = time.monotonic() + 7.2  # the lock was taken less than the child's 7 s timeout ago
     assert simulator.cancelled("ryng") == ["c-1"]
 
     # When Lambda redelivers it while the dead invocation's lock has not expired yet
