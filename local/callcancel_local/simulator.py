@@ -12,14 +12,16 @@ import functools
 import gzip
 import itertools
 import json
+import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -48,6 +50,10 @@ class SimCall:
     account: str | None
     target: str | None
     status: int
+    # When it was answered (time.monotonic()), and how long the answer was held back after the request was
+    # carried out (chaos "slow" and "timeout"). Not part of equality: tests compare what was asked and answered.
+    at: float = field(default=0.0, compare=False)
+    delay: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,44 @@ class _Reply:
     length: int = 0
     interval: float = 0.0
     header_interval: float = 0.0  # >0: the status line and headers themselves go out a byte at a time
+    delay: float = 0.0  # seconds to hold the answer back (it is sent after the request was carried out)
+    reset: bool = False  # answer nothing: reset the connection (TCP RST)
+
+
+# Chaos: faults drawn at random for a fraction of requests, for soak runs (see `set_chaos`).
+CHAOS_KINDS = ("500", "502", "503", "429", "timeout", "reset", "slow")
+
+
+@dataclass(frozen=True)
+class Chaos:
+    """A fraction of requests meets a fault drawn from `mix` (kind -> weight).
+
+    - "500", "502", "503": that status, with a JSON error body, and nothing carried out.
+    - "429": with `Retry-After: retry_after`, nothing carried out.
+    - "reset": the connection is reset (TCP RST) before anything is carried out.
+    - "timeout": the request IS carried out, then the answer is held `timeout_seconds` (longer than the client's
+      read timeout): the client sees a timeout on a cancel the provider made.
+    - "slow": carried out, answered after uniform(*slow_seconds), within the client's timeout.
+    """
+
+    fraction: float
+    mix: tuple[tuple[str, float], ...] = tuple((kind, 1.0) for kind in CHAOS_KINDS)
+    timeout_seconds: float = 2.0
+    slow_seconds: tuple[float, float] = (0.2, 0.6)
+    retry_after: int = 1
+
+    def __post_init__(self) -> None:
+        unknown = {kind for kind, _ in self.mix} - set(CHAOS_KINDS)
+        if unknown or not 0 <= self.fraction <= 1:
+            raise ValueError(f"bad chaos: fraction {self.fraction}, unknown kinds {sorted(unknown)}")
+
+    def draw(self, rng: random.Random) -> str | None:
+        if rng.random() >= self.fraction:
+            return None
+        kinds = [kind for kind, _ in self.mix]
+        weights = [weight for _, weight in self.mix]
+        kind: str = rng.choices(kinds, weights)[0]
+        return kind
 
 
 @dataclass
@@ -205,6 +249,8 @@ class ProviderSimulator:
         self._plum: dict[str, _PlumAccount] = {}
         self._faults: dict[str, deque[_Fault]] = {p: deque() for p in PROVIDERS}
         self._latency: dict[str, float] = dict.fromkeys(PROVIDERS, 0.0)
+        self._chaos: dict[str, Chaos | None] = dict.fromkeys(PROVIDERS)
+        self._rng = random.Random()  # noqa: S311  (fault injection, not cryptography)
         self._log: list[SimCall] = []
         self._cancelled: dict[str, list[str]] = {p: [] for p in PROVIDERS}
 
@@ -254,6 +300,14 @@ class ProviderSimulator:
         with self._lock:
             for p in _providers(provider):
                 self._latency[p] = seconds
+
+    def set_chaos(self, provider: str, chaos: Chaos | None, *, seed: int | None = None) -> None:
+        """Faults by fraction from now on (None: off). Explicit `inject` faults still come first."""
+        with self._lock:
+            for p in _providers(provider):
+                self._chaos[p] = chaos
+            if seed is not None:
+                self._rng.seed(seed)
 
     def inject(
         self,
@@ -342,12 +396,21 @@ class ProviderSimulator:
             if epoch != self._epoch:
                 return _json(503, {"error": "simulator was reset"})
             fault = self._take_fault(provider, _identify(provider, match, headers)[1])
+            chaos = self._chaos[provider]
+            kind = chaos.draw(self._rng) if fault is None and chaos is not None else None
             if fault is not None:
                 reply = fault.reply(headers) if callable(fault.reply) else fault.reply
+            elif chaos is not None and kind is not None and kind not in ("timeout", "slow"):
+                reply = _chaos_reply(kind, chaos)
             else:
                 reply = (self._ryng_cancel if provider == "ryng" else self._plum_cancel)(method, match, headers)
-            status = 0 if reply is None else reply.status
-            self._log.append(SimCall(provider, method, url.path, *_identify(provider, match, headers), status))
+                if chaos is not None and kind is not None:
+                    delay = chaos.timeout_seconds if kind == "timeout" else self._rng.uniform(*chaos.slow_seconds)
+                    reply = replace(reply, delay=delay)
+            status = 0 if reply is None or reply.reset else reply.status
+            identity = _identify(provider, match, headers)
+            delay = 0.0 if reply is None else reply.delay
+            self._log.append(SimCall(provider, method, url.path, *identity, status, time.monotonic(), delay))
         return reply
 
     def _take_fault(self, provider: str, target: str | None) -> _Fault | None:
@@ -409,6 +472,7 @@ class ProviderSimulator:
             ("POST", "/_sim/clear_faults"): lambda d: self.clear_faults(),
             ("POST", "/_sim/latency"): lambda d: self.set_latency(d["provider"], float(d["seconds"])),
             ("POST", "/_sim/inject"): self._control_inject,
+            ("POST", "/_sim/chaos"): self._control_chaos,
             ("POST", "/_sim/plum/xml_errors"): self._control_xml_errors,
             ("POST", "/_sim/ryng/accounts"): self._control_ryng_account,
             ("POST", "/_sim/plum/accounts"): self._control_plum_account,
@@ -446,6 +510,16 @@ class ProviderSimulator:
                 headers=d.get("headers"),
             )
 
+    def _control_chaos(self, d: dict[str, Any]) -> None:
+        """{"provider": "*", "fraction": 0.3, "mix": {"503": 1, "timeout": 1}, ...}; fraction 0 turns it off."""
+        options: dict[str, Any] = {k: d[k] for k in ("timeout_seconds", "retry_after") if k in d}
+        if "slow_seconds" in d:
+            options["slow_seconds"] = tuple(d["slow_seconds"])
+        if "mix" in d:
+            options["mix"] = tuple((str(k), float(v)) for k, v in d["mix"].items())
+        chaos = Chaos(float(d["fraction"]), **options) if float(d["fraction"]) else None
+        self.set_chaos(d["provider"], chaos, seed=d.get("seed"))
+
     def _control_xml_errors(self, d: dict[str, Any]) -> None:
         self.plum_xml_errors = bool(d["enabled"])
 
@@ -457,6 +531,14 @@ class ProviderSimulator:
         self.add_plum_account(d["email"], d["developer_key"], permitted=bool(d.get("permitted", True)))
         for app, dep, *pending in d.get("deployments", []):
             self.add_plum_deployment(d["email"], str(app), str(dep), *map(int, pending))
+
+
+def _chaos_reply(kind: str, chaos: Chaos) -> _Reply:
+    if kind == "reset":
+        return _Reply(0, reset=True)
+    if kind == "429":
+        return _json(429, {"error": True, "message": "Too Many Requests"}, **{"Retry-After": str(chaos.retry_after)})
+    return _json(int(kind), {"error": True, "message": f"chaos: HTTP {kind}"})
 
 
 class _Server(ThreadingHTTPServer):
@@ -512,6 +594,14 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self.close_connection = True
             return
+        if reply.reset:
+            # Linger 0: close() sends RST instead of FIN, as a crashed peer or a middlebox does.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if reply.delay:
+            time.sleep(reply.delay)  # carried out already; the client may have given up by now
         if reply.header_interval:
             self._drip_head(reply)
             return

@@ -83,11 +83,17 @@ class SqsEventSource:
 
     def invoke(self, handler: Callable[[dict[str, Any], Any], Any], event: dict[str, Any], context: Any) -> BatchResult:
         """Run the handler on one batch and settle the batch the way Lambda does."""
-        ids = [record["messageId"] for record in event["Records"]]
         try:
             response = handler(event, context)
         except Exception as exc:  # Lambda: the invocation failed, every message is retried.
-            return BatchResult(event, None, [], ids, exc)
+            return self.settle(event, None, exc)
+        return self.settle(event, response)
+
+    def settle(self, event: dict[str, Any], response: Any, error: BaseException | None = None) -> BatchResult:
+        """Delete what the handler's response says succeeded (nothing if it raised: `error`)."""
+        ids = [record["messageId"] for record in event["Records"]]
+        if error is not None:
+            return BatchResult(event, None, [], ids, error)
         failed = _reported_failures(response, ids) if self.report_batch_item_failures else set()
         if failed is None:  # Lambda treats a malformed response as a failure of the whole batch.
             return BatchResult(event, response, [], ids)
