@@ -18,10 +18,11 @@ export SAM_CLI_TELEMETRY := 0
 PYTHON313 ?= $(shell for p in python3.13 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.13*/bin/python3.13; do \
 	"$$p" -c 'import sys; assert sys.version_info[:2] == (3, 13)' >/dev/null 2>&1 && { command -v "$$p"; break; }; done)
 
-.PHONY: help install lock lint test test-fast build bench demo local clean
+.PHONY: help install lock lint test test-fast build bench demo soak local clean
 
 help:
 	@echo "make demo     run the whole job locally (embedded AWS, provider simulator), print a summary"
+	@echo "make soak     the whole job under provider faults, AWS faults and worker crashes (SOAK_N=2000)"
 	@echo "make local    start the local stack and keep it running, for exploring"
 	@echo "make test     lint (ruff, mypy, cfn-lint with serverless rules, checkov), unit, integration, template, e2e tests"
 	@echo "make bench    concurrency and memory benchmark"
@@ -68,6 +69,9 @@ build: $(STAMP)
 
 demo: $(STAMP)
 	@$(BIN)/python -W ignore -m callcancel_local.demo
+
+soak: $(STAMP)
+	@$(BIN)/python -W ignore -m callcancel_local.soak
 
 local: $(STAMP)
 	@$(BIN)/python -W ignore -m callcancel_local.serve

@@ -466,7 +466,7 @@ class ProviderSimulator:
 
     def _control(self, method: str, path: str, query: str, body: bytes) -> _Reply:
         routes: dict[tuple[str, str], Callable[[dict[str, Any]], object]] = {
-            ("GET", "/_sim/calls"): lambda d: [asdict(c) for c in self.calls(d.get("provider"))],
+            ("GET", "/_sim/calls"): lambda d: [_call_fields(c) for c in self.calls(d.get("provider"))],
             ("GET", "/_sim/cancelled"): lambda d: self.cancelled(d["provider"]),
             ("POST", "/_sim/reset"): lambda d: self.reset(),
             ("POST", "/_sim/clear_faults"): lambda d: self.clear_faults(),
@@ -531,6 +531,11 @@ class ProviderSimulator:
         self.add_plum_account(d["email"], d["developer_key"], permitted=bool(d.get("permitted", True)))
         for app, dep, *pending in d.get("deployments", []):
             self.add_plum_deployment(d["email"], str(app), str(dep), *map(int, pending))
+
+
+def _call_fields(call: SimCall) -> dict[str, Any]:
+    """A call for the control API: what was asked and answered (the timing fields stay in-process)."""
+    return {name: value for name, value in asdict(call).items() if name not in ("at", "delay")}
 
 
 def _chaos_reply(kind: str, chaos: Chaos) -> _Reply:

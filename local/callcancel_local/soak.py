@@ -29,7 +29,7 @@ from callcancel_local.crash_runner import CrashRunner, Kill, KillPlan
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.fault_proxy import FaultProxy, ProxiedCall
 from callcancel_local.runner import FunctionOutput
-from callcancel_local.simulator import Chaos, ProviderSimulator, SimCall
+from callcancel_local.simulator import ECHO_FORMATS, Chaos, ProviderSimulator, SimCall
 from callcancel_local.stack import DeployedStack, DeployError, deploy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,6 +72,7 @@ class SoakConfig:
     request_id_fraction: float = 0.3
     not_found_fraction: float = 0.04
     auth_fraction: float = 0.02
+    echo_fraction: float = 0.02
     drain_seconds: float = 270.0
 
     @classmethod
@@ -186,8 +187,10 @@ def _new_request(simulator: ProviderSimulator, config: SoakConfig, rng: random.R
             simulator.add_plum_deployment(PLUM_ACCOUNTS[account], application, str(i), pending=3)
         body = {"provider": "plum", "account": account, "application_id": application, "deployment_id": str(i)}
         body |= fields
-    if expect == "auth":  # a permanent refusal for this one target, whatever the credentials
-        simulator.inject(body["provider"], 403, times=-1, target=target, body={"error": True, "message": "Forbidden"})
+    if expect == "auth":  # a permanent refusal for this one target, echoing the credentials it was sent
+        simulator.inject_echo(body["provider"], 403, ECHO_FORMATS[i % len(ECHO_FORMATS)], times=-1, target=target)
+    elif expect == "cancelled" and rng.random() < config.echo_fraction:  # an outage that echoes them, once
+        simulator.inject_echo(body["provider"], 500, "json", target=target)
     return SoakRequest(json.dumps(body), body["provider"], account, target, request_id, expect)
 
 
@@ -472,92 +475,105 @@ def _judge_request(
 
 
 def _judge_calls(record: RunRecord, verdict: Verdict) -> None:
-    """Second provider calls after a confirmed cancel, and the crashes in the window that explain them."""
-    keys = {
-        (r.provider, r.target): r.request_id or message_id
-        for r, message_id in zip(record.requests, record.message_ids, strict=True)
-    }
-    completions = _completions(record.proxy_calls)
+    """Second provider calls after a confirmed cancel, and the crashes in the window that explain them.
+
+    A 2xx answer is a confirmation unless the worker treated it as a failure (it timed out first: its next
+    step on the idempotency record was a release or a delete, or its process died before the answer was
+    sent). A kill after the answer was sent and before the record was completed is a crash in the window.
+    """
+    ops = _record_ops(record.proxy_calls)
     calls: dict[tuple[str, str], list[SimCall]] = defaultdict(list)
     for call in record.sim_calls:
         if call.target is not None:
             calls[call.provider, call.target].append(call)
-    confirmed: dict[tuple[str, str], SimCall] = {}
-    for target, target_calls in calls.items():
-        seen = next((c for c in target_calls if 200 <= c.status < 300 and c.delay < PROVIDER_TIMEOUT), None)
-        unseen = next((c for c in target_calls if 200 <= c.status < 300), None)
-        if seen is not None:
-            confirmed[target] = seen
-        if unseen is not None and unseen is not seen:
-            verdict.calls_after_unseen_success += sum(c.at > unseen.at for c in target_calls if c is not unseen)
-    window_kills = _window_kills(record.kills, confirmed, completions, keys)
-    verdict.window_crashes = len({id(kill) for kill, _ in window_kills})
-    for target, confirmation in confirmed.items():
-        for call in calls[target]:
-            if call.at <= confirmation.at:
-                continue
+    kills: dict[tuple[str, str], list[Kill]] = defaultdict(list)
+    for kill in record.kills:
+        for body in kill.bodies:
+            target = _target_of(body)
+            if target is not None:
+                kills[target].append(kill)
+    window_kills: set[int] = set()
+    for request, message_id in zip(record.requests, record.message_ids, strict=True):
+        target = (request.provider, request.target)
+        if target not in calls:
+            continue
+        history = _History(calls.pop(target), ops.get(idempotency_id(request.request_id or message_id), []))
+        confirmation, crashes = history.confirmation(kills.get(target, []))
+        window_kills.update(id(kill) for kill in crashes)
+        verdict.calls_after_unseen_success += history.calls_after_unseen_success(confirmation)
+        for call in history.calls_after(confirmation):
             verdict.double_calls += 1
-            key = keys.get(target, "")
-            if not _explained(call, target, key, window_kills, completions):
+            if not history.explained(call, crashes):
                 verdict.unexplained_double_calls.append(f"{target[0]}/{target[1]} HTTP {call.status}")
+    verdict.window_crashes = len(window_kills)
 
 
 @dataclass(frozen=True)
-class _Completion:
+class _RecordOp:
+    """A worker's step on an idempotency record, as the proxy saw it."""
+
     at: float
-    done: bool  # carried out by DynamoDB (False: refused or dropped before it got there)
+    kind: str  # lock | complete | release | delete
+    done: bool  # carried out by DynamoDB (False: refused, or dropped before it got there)
 
 
-def _completions(proxy_calls: Iterable[ProxiedCall]) -> dict[str, list[_Completion]]:
-    """Idempotency completions by record id, as the proxy saw them."""
-    found: dict[str, list[_Completion]] = defaultdict(list)
+def _record_ops(proxy_calls: Iterable[ProxiedCall]) -> dict[str, list[_RecordOp]]:
+    found: dict[str, list[_RecordOp]] = defaultdict(list)
     for call in proxy_calls:
-        if call.operation != "UpdateItem" or b'"COMPLETED"' not in call.body:
+        if not call.body or call.operation not in ("PutItem", "UpdateItem", "DeleteItem"):
             continue
-        record_id = json.loads(call.body)["Key"]["id"]["S"]
+        request = json.loads(call.body)
+        record_id = (request.get("Key") or request.get("Item") or {}).get("id", {}).get("S")
+        status = (request.get("ExpressionAttributeValues") or {}).get(":status", {}).get("S")
+        kind = {"PutItem": "lock", "DeleteItem": "delete"}.get(call.operation) or (
+            "complete" if status == "COMPLETED" else "release"
+        )
         done = call.fault in (None, "lost_answer") and call.status == 200
-        found[record_id].append(_Completion(call.at, done))
+        found[record_id].append(_RecordOp(call.at, kind, done))
     return found
 
 
-def _completed_before(completions: dict[str, list[_Completion]], key: str, moment: float) -> bool:
-    return any(c.done and c.at < moment for c in completions.get(idempotency_id(key), []))
+@dataclass
+class _History:
+    """One target's provider calls and its idempotency record's steps, in time order."""
 
+    calls: list[SimCall]
+    ops: list[_RecordOp]
 
-def _window_kills(
-    kills: list[Kill],
-    confirmed: Mapping[tuple[str, str], SimCall],
-    completions: dict[str, list[_Completion]],
-    keys: Mapping[tuple[str, str], str],
-) -> list[tuple[Kill, tuple[str, str]]]:
-    """(kill, target) for each kill that came after the target's confirmation reached the worker (in that
-    invocation) and before its idempotency record was completed."""
-    found = []
-    for kill in kills:
-        for body in kill.bodies:
-            target = _target_of(body)
-            confirmation = confirmed.get(target) if target else None
-            if target is None or confirmation is None:
-                continue
-            answered = confirmation.at + confirmation.delay
-            in_this_invocation = kill.started <= confirmation.at and answered < kill.at
-            if in_this_invocation and not _completed_before(completions, keys.get(target, ""), kill.at):
-                found.append((kill, target))
-    return found
+    def _next_step(self, after: float) -> _RecordOp | None:
+        return next((op for op in self.ops if op.at > after and op.kind != "lock"), None)
 
+    def confirmation(self, kills: list[Kill]) -> tuple[SimCall | None, list[Kill]]:
+        """The first 2xx the worker took for a cancel, and the kills in the window after it."""
+        for answer in (c for c in self.calls if 200 <= c.status < 300 and c.delay < PROVIDER_TIMEOUT):
+            step = self._next_step(answer.at)
+            # The invocation that made this call, killed before its next step on the record.
+            kill = next((k for k in kills if k.started <= answer.at < k.at and (step is None or k.at < step.at)), None)
+            if kill is not None and kill.at < answer.at + answer.delay:
+                continue  # dead before the answer was sent: a cancel it never heard of
+            if kill is None and step is not None and step.kind != "complete":
+                continue  # it timed out first, and released or deleted its lock
+            completed_at = step.at if step is not None and step.kind == "complete" and step.done else float("inf")
+            crashes = [k for k in kills if k.started <= answer.at and answer.at + answer.delay < k.at < completed_at]
+            return answer, crashes
+        return None, []
 
-def _explained(
-    call: SimCall,
-    target: tuple[str, str],
-    key: str,
-    window_kills: list[tuple[Kill, tuple[str, str]]],
-    completions: dict[str, list[_Completion]],
-) -> bool:
-    if any(t == target and kill.at < call.at for kill, t in window_kills):
-        return True
-    # The completion was refused or dropped (after the SDK's retries) and never carried out before this call.
-    tried = completions.get(idempotency_id(key), [])
-    return bool(tried) and not _completed_before(completions, key, call.at)
+    def calls_after(self, confirmation: SimCall | None) -> list[SimCall]:
+        return [] if confirmation is None else [c for c in self.calls if c.at > confirmation.at]
+
+    def calls_after_unseen_success(self, confirmation: SimCall | None) -> int:
+        first = next((c for c in self.calls if 200 <= c.status < 300), None)
+        if first is None or first is confirmation:
+            return 0
+        end = confirmation.at if confirmation else float("inf")
+        return sum(first.at < c.at <= end for c in self.calls)
+
+    def explained(self, call: SimCall, crashes: list[Kill]) -> bool:
+        if any(kill.at < call.at for kill in crashes):
+            return True
+        # The completion was refused or dropped (after the SDK's retries), and none reached the table before.
+        completions = [op for op in self.ops if op.kind == "complete" and op.at < call.at]
+        return bool(completions) and not any(op.done for op in completions)
 
 
 def _judge_leaks(record: RunRecord, verdict: Verdict) -> None:
@@ -609,7 +625,10 @@ def details(record: RunRecord, verdict: Verdict) -> list[str]:
             + ", ".join(verdict.unexplained_double_calls[:5])
         )
     if verdict.duplicate_letters:
-        lines.append(f"FOUND {verdict.duplicate_letters} request(s) dead-lettered twice (same source message)")
+        lines.append(
+            f"{verdict.duplicate_letters} request(s) on the DLQ twice (a crash or a lost answer after the dead-letter"
+            " send; the CLI and the digest count a source_message_id once)"
+        )
     if verdict.calls_after_unseen_success:
         lines.append(
             f"calls after a success the worker never saw (a read timeout): {verdict.calls_after_unseen_success}"
