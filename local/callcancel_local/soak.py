@@ -20,6 +20,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from math import inf
 from pathlib import Path
 from typing import Any
 
@@ -540,22 +541,19 @@ class _History:
     calls: list[SimCall]
     ops: list[_RecordOp]
 
-    def _next_step(self, after: float) -> _RecordOp | None:
-        return next((op for op in self.ops if op.at > after and op.kind != "lock"), None)
-
     def confirmation(self, kills: list[Kill]) -> tuple[SimCall | None, list[Kill]]:
         """The first 2xx the worker took for a cancel, and the kills in the window after it."""
         for answer in (c for c in self.calls if 200 <= c.status < 300 and c.delay < PROVIDER_TIMEOUT):
-            step = self._next_step(answer.at)
-            # The invocation that made this call, killed before its next step on the record.
-            kill = next((k for k in kills if k.started <= answer.at < k.at and (step is None or k.at < step.at)), None)
-            if kill is not None and kill.at < answer.at + answer.delay:
-                continue  # dead before the answer was sent: a cancel it never heard of
-            if kill is None and step is not None and step.kind != "complete":
-                continue  # it timed out first, and released or deleted its lock
-            completed_at = step.at if step is not None and step.kind == "complete" and step.done else float("inf")
-            crashes = [k for k in kills if k.started <= answer.at and answer.at + answer.delay < k.at < completed_at]
-            return answer, crashes
+            sent = answer.at + answer.delay
+            # The worker's next step on the record after this call: its completion, or a release or a delete
+            # (it timed out first), or the next attempt's lock (it died around the answer).
+            step = next((op for op in self.ops if op.at > answer.at), None)
+            # The invocation that made this call, killed after the answer was sent and before its next step.
+            kill = next((k for k in kills if k.started <= answer.at and sent < k.at < (step.at if step else inf)), None)
+            if kill is None and (step is None or step.kind != "complete"):
+                continue  # a cancel the worker never heard of
+            completed_at = step.at if step is not None and step.kind == "complete" and step.done else inf
+            return answer, [k for k in kills if k.started <= answer.at and sent < k.at < completed_at]
         return None, []
 
     def calls_after(self, confirmation: SimCall | None) -> list[SimCall]:
