@@ -21,7 +21,6 @@ Kills:
 import multiprocessing
 import os
 import random
-import signal
 import sys
 import threading
 import time
@@ -178,7 +177,8 @@ class CrashRunner:
             if slot.process is None or slot.event is None or slot.killed:
                 return False
             slot.killed = kind
-            os.kill(slot.process.pid, signal.SIGKILL)
+            if slot.process.is_alive():  # polls first, so a process that already ended is never signalled
+                slot.process.kill()  # SIGKILL
             self._record_kill(slot, kind)
             return True
 
@@ -225,7 +225,7 @@ class CrashRunner:
             slot.event = None
         if process is not None:
             if process.is_alive():
-                os.kill(process.pid, signal.SIGKILL)
+                process.kill()
             process.join()
         if conn is not None:
             conn.close()
