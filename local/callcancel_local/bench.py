@@ -1,14 +1,16 @@
-"""`make bench`: batch concurrency, measured as a ratio against a sequential baseline in the same run.
+"""`make bench`: every figure a ratio against a baseline measured in the same run (see figures.py for the lines).
 
-A batch of 10 cancels against a provider that answers in 300 ms must take well under 2 x 300 ms. The
-baseline is the same worker with MAX_IN_FLIGHT=1 (the sequential loop, about 10 x 300 ms). Each figure is
-the median of several warm batches, through the real handler (idempotency on, as deployed), moto server
-and the simulator on loopback.
-
-The operator tools at scale (`publish --csv` of 1,000,000 rows, the DLQ tools over 10,000 letters) are in
-`bench_operators`.
-
-The nightly purge at 100,000 deferred requests: see bench_purge.
+- Cold start: importing the worker's handler in a fresh interpreter, against importing boto3 and requests and
+  creating one SQS client (what any Python function on AWS pays), with tracing off and on.
+- A batch of 10 cancels against a provider that answers in 300 ms, idempotency on, through the real handler,
+  the embedded AWS (moto) and the simulator on loopback, against the 300 ms; the same with DynamoDB answering
+  after a fixed round trip, concurrently, as DynamoDB does (moto serves one request at a time); the sequential
+  loop (MAX_IN_FLIGHT=1) against the batch.
+- The cost of a million cancels (cost.py): the AWS requests counted during those runs, as deployed (batches of
+  10 from template.yaml) and as a naive design (batch size 1, the secret read for every message, clients and
+  connections made anew for every message), with Lambda's duration measured.
+- The nightly purge at scale: see bench_purge; the operator tools at scale (`publish --csv` of 1,000,000 rows,
+  the DLQ tools over 10,000 letters): see bench_operators.
 """
 
 import contextlib
@@ -16,17 +18,30 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import boto3
 from aws_lambda_powertools.utilities import parameters
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.compat import HTTPHeaders
+from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
+from callcancel.observability import logger
+from callcancel.producer import publish
+from callcancel.worker import worker_for
 from callcancel_local import bench_operators
 from callcancel_local.bench_purge import bench_purge
+from callcancel_local.cost import PRICES, AwsMeter, Usage, item_bytes
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
+from callcancel_local.figures import Figure
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.sqs_source import SqsEventSource
@@ -34,74 +49,347 @@ from callcancel_local.sqs_source import SqsEventSource
 LATENCY = 0.3
 BATCH = 10
 ROUNDS = 5
+NAIVE_CANCELS = 10
+COLD_RUNS = 7
+DYNAMODB_ROUND_TRIP = 0.010  # a small PutItem or UpdateItem within a region
 REPO = Path(__file__).resolve().parents[2]
+WORKER = REPO / "functions" / "cancel_worker"
+IDEMPOTENCY_TABLE = "bench-idempotency"
+OUTCOME_TABLE = "bench-outcomes"
+EVENT_BUS = "bench-bus"
 
 
-def _median_batch_seconds(
-    source: SqsEventSource, simulator: ProviderSimulator, max_in_flight: int, *, idempotency: bool = True
-) -> float:
-    os.environ["MAX_IN_FLIGHT"] = str(max_in_flight)
-    os.environ["IDEMPOTENCY_TABLE"] = "bench-idempotency" if idempotency else ""
-    handler = load_handler(REPO / "functions" / "cancel_worker", "app.lambda_handler")
-    sqs = boto3.client("sqs")
-    timings = []
-    for round_ in range(ROUNDS + 1):  # the first round warms the container: clients, pools, secret cache
-        call_ids = [f"b{max_in_flight}{idempotency:d}-{round_}-{i}" for i in range(BATCH)]
-        simulator.add_ryng_calls("bench", *call_ids)
-        for call_id in call_ids:
-            body = json.dumps({"provider": "ryng", "account": "bench", "call_id": call_id})
-            sqs.send_message(QueueUrl=source.queue_url, MessageBody=body)
-        event = source.receive()
-        assert event is not None and len(event["Records"]) == BATCH
-        with contextlib.redirect_stdout(io.StringIO()):  # the metrics' EMF lines
-            started = time.perf_counter()
-            result = source.invoke(handler, event, LocalLambdaContext(function_name="CancelWorker"))
-            elapsed = time.perf_counter() - started
-        assert result.failed == [], result.response
-        if round_:
-            timings.append(elapsed)
-    return statistics.median(timings)
+@dataclass(frozen=True)
+class Deployed:
+    """The CancelWorker's settings in template.yaml that the figures depend on."""
+
+    memory_mb: int
+    batch_size: int
+    log_level: str
+
+    @classmethod
+    def read(cls, template: Path = REPO / "template.yaml") -> "Deployed":
+        document = yaml_parse(template.read_text(encoding="utf-8"))
+        worker = document["Resources"]["CancelWorker"]["Properties"]
+        memory = worker.get("MemorySize", document["Globals"]["Function"]["MemorySize"])
+        (queue_event,) = (e for e in worker["Events"].values() if e["Type"] == "SQS")
+        return cls(
+            int(memory), int(queue_event["Properties"]["BatchSize"]), document["Parameters"]["LogLevel"]["Default"]
+        )
 
 
-def main() -> int:
-    with EmbeddedAws() as aws, ProviderSimulator() as simulator:
+# ---- cold start ---------------------------------------------------------------------------------------------
+
+# Wall and CPU seconds of `code`, in the interpreter that runs it. On a shared machine the CPU time is the steadier
+# of the two (waiting for a core is not import work), so the ratio is taken on it; the wall-clock one is shown too.
+_TIMED = """import time
+started, cpu_started = time.perf_counter(), time.process_time()
+{code}
+print(time.perf_counter() - started, time.process_time() - cpu_started)
+"""
+_IMPORT_WORKER = f"""import importlib.util
+spec = importlib.util.spec_from_file_location("app", {str(WORKER / "app.py")!r})
+spec.loader.exec_module(importlib.util.module_from_spec(spec))"""
+_IMPORT_BOTO3 = "import boto3, requests\nboto3.client('sqs')"
+
+
+def _import_seconds(code: str, environ: dict[str, str]) -> tuple[float, float]:
+    result = subprocess.run(  # noqa: S603  (this interpreter, running code of ours)
+        [sys.executable, "-c", _TIMED.format(code=code)], env=environ, capture_output=True, text=True, check=True
+    )
+    wall, cpu = result.stdout.split()
+    return float(wall), float(cpu)
+
+
+def bench_cold_start(runs: int = COLD_RUNS) -> list[Figure]:
+    base = {k: v for k, v in os.environ.items() if k not in ("POWERTOOLS_TRACE_DISABLED", "LAMBDA_TASK_ROOT")}
+    base["AWS_DEFAULT_REGION"] = "us-east-1"
+    figures = []
+    print(f"\ncold import of {WORKER.relative_to(REPO)}/app.py, median of {runs} fresh interpreters, CPU (wall)")
+    # Tracing on: what Lambda sets for `Tracing: Active` (Powertools traces when LAMBDA_TASK_ROOT is set).
+    for name, environ in (
+        ("tracing_off", {**base, "POWERTOOLS_TRACE_DISABLED": "true"}),
+        ("tracing_on", {**base, "LAMBDA_TASK_ROOT": str(WORKER)}),
+    ):
+        worker, baseline = [], []
+        for _ in range(runs):  # interleaved, so that a busy moment weighs on both
+            baseline.append(_import_seconds(_IMPORT_BOTO3, environ))
+            worker.append(_import_seconds(_IMPORT_WORKER, environ))
+        worker_wall, worker_cpu = (statistics.median(times) for times in zip(*worker, strict=True))
+        baseline_wall, baseline_cpu = (statistics.median(times) for times in zip(*baseline, strict=True))
+        figure = Figure(
+            f"cold_import_{name}",
+            worker_cpu,
+            baseline_cpu,
+            "<=1.4" if name == "tracing_off" else "",
+            unit="cpu_s",
+            extra={"wall_s": f"{worker_wall:.3f}", "baseline_wall_s": f"{baseline_wall:.3f}"},
+        )
+        print(
+            f"  {name.replace('_', ' '):12} {worker_cpu * 1000:4.0f} ms ({worker_wall * 1000:4.0f});"
+            f" boto3 + requests + one SQS client {baseline_cpu * 1000:4.0f} ms ({baseline_wall * 1000:4.0f})"
+            f" (baseline); ratio {figure.ratio:.2f} ({worker_wall / baseline_wall:.2f})"
+        )
+        figures.append(figure)
+    return figures
+
+
+# ---- batches and their cost ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Design:
+    batch_size: int
+    max_in_flight: int
+    idempotency: bool = True
+    # A new worker for every invocation: new clients and connections, and the secret read again.
+    naive: bool = False
+
+
+@dataclass
+class Run:
+    seconds: list[float]  # each invocation's handler time
+    usage: Usage
+
+
+class _LogMeter(io.TextIOBase):
+    """Where the function's stdout goes during a run: counted as CloudWatch Logs would ingest it, then dropped."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def write(self, text: str) -> int:
+        self.bytes += len(text.encode())
+        return len(text)
+
+
+@contextlib.contextmanager
+def _logs_to(sink: _LogMeter) -> Iterator[None]:
+    # The logger's handler holds the stdout it was created with; the metrics print to the current one.
+    handler = logger.registered_handler
+    previous = handler.setStream(sink)  # type: ignore[attr-defined]
+    try:
+        with contextlib.redirect_stdout(sink):
+            yield
+    finally:
+        handler.setStream(previous)  # type: ignore[attr-defined]
+
+
+class Bench:
+    """The embedded AWS and the simulator, a queue, the tables, a Ryng account, and the worker's handler."""
+
+    def __init__(
+        self,
+        aws: EmbeddedAws,
+        simulator: ProviderSimulator,
+        meter: AwsMeter,
+        deployed: Deployed,
+        latency: float = LATENCY,
+    ) -> None:
         os.environ.update(aws.environment())
-        sqs = boto3.client("sqs")
-        queue_url = sqs.create_queue(QueueName="bench-cancel")["QueueUrl"]
+        self.simulator, self.meter, self.deployed = simulator, meter, deployed
+        self.sqs = boto3.client("sqs")
+        self.queue_url = self.sqs.create_queue(QueueName="bench-cancel")["QueueUrl"]
         os.environ.update(
             {
-                "CANCEL_QUEUE_URL": queue_url,
-                "DEAD_LETTER_QUEUE_URL": sqs.create_queue(QueueName="bench-dlq")["QueueUrl"],
+                "CANCEL_QUEUE_URL": self.queue_url,
+                "DEAD_LETTER_QUEUE_URL": self.sqs.create_queue(QueueName="bench-dlq")["QueueUrl"],
                 "RYNG_BASE_URL": simulator.ryng_base_url,
-                "POWERTOOLS_LOG_LEVEL": "WARNING",
+                # As deployed; counted when the worker writes outcome records and events (issue 12).
+                "OUTCOME_TABLE": OUTCOME_TABLE,
+                "EVENT_BUS_NAME": EVENT_BUS,
             }
         )
-        create_table_keyed_by_id("bench-idempotency")
+        create_table_keyed_by_id(IDEMPOTENCY_TABLE)
+        create_table_keyed_by_id(OUTCOME_TABLE)
+        boto3.client("events").create_event_bus(Name=EVENT_BUS)
         boto3.client("secretsmanager").create_secret(
             Name="callcancel/ryng/bench", SecretString=json.dumps({"subdomain": "bench", "access_token": "t"})
         )
         simulator.add_ryng_account("bench", "t")
-        simulator.set_latency("ryng", LATENCY)
+        simulator.set_latency("ryng", latency)
+        logger.setLevel(deployed.log_level)
+        self.handler = load_handler(WORKER, "app.lambda_handler")
+        self._rounds = 0
+
+    def run(self, design: Design, cancels: int) -> Run:
+        """`cancels` cancels published, received in batches of `design.batch_size` and carried out."""
+        os.environ["MAX_IN_FLIGHT"] = str(design.max_in_flight)
+        os.environ["IDEMPOTENCY_TABLE"] = IDEMPOTENCY_TABLE if design.idempotency else ""
+        worker_for.cache_clear()  # a new container
         parameters.clear_caches()  # type: ignore[no-untyped-call]
-        source = SqsEventSource(sqs, queue_url)
+        source = SqsEventSource(self.sqs, self.queue_url, batch_size=design.batch_size)
+        run = Run([], Usage(cancels, self.deployed.memory_mb))
+        self.meter.reset()
+        with self.meter.recording():
+            for start in range(0, cancels, design.batch_size):
+                self._rounds += 1
+                call_ids = [f"c{self._rounds}-{i}" for i in range(min(design.batch_size, cancels - start))]
+                self.simulator.add_ryng_calls("bench", *call_ids)
+                for call_id in call_ids:
+                    publish(provider="ryng", account="bench", call_id=call_id, queue_url=self.queue_url, sqs=self.sqs)
+                if design.naive:
+                    worker_for.cache_clear()
+                    parameters.clear_caches()  # type: ignore[no-untyped-call]
+                event = source.receive()
+                assert event is not None and len(event["Records"]) == len(call_ids)
+                result = source.invoke(self._timed(run), event, LocalLambdaContext(function_name="CancelWorker"))
+                assert result.failed == [], result.response
+        run.usage.take(self.meter, self._largest_item_bytes())
+        return run
 
-        concurrent = _median_batch_seconds(source, simulator, max_in_flight=10)
-        sequential = _median_batch_seconds(source, simulator, max_in_flight=1)
-        without_store = _median_batch_seconds(source, simulator, max_in_flight=10, idempotency=False)
+    def _timed(self, run: Run) -> Callable[[dict[str, Any], Any], Any]:
+        def invoke(event: dict[str, Any], context: Any) -> Any:
+            logs = _LogMeter()
+            with _logs_to(logs):
+                started = time.perf_counter()
+                response = self.handler(event, context)
+                seconds = time.perf_counter() - started
+            run.seconds.append(seconds)
+            run.usage.add_invocation(seconds, logs.bytes)
+            return response
 
-    target = 2 * LATENCY
-    print(f"batch of {BATCH}, provider latency {LATENCY * 1000:.0f} ms, median of {ROUNDS} warm batches")
-    print(f"  concurrent (MAX_IN_FLIGHT=10): {concurrent * 1000:7.0f} ms")
-    print(f"  sequential (MAX_IN_FLIGHT=1):  {sequential * 1000:7.0f} ms   (baseline)")
-    # moto serves the 20 idempotency writes of a batch one after another; DynamoDB does not.
-    print(f"  concurrent, idempotency off:   {without_store * 1000:7.0f} ms   (the provider calls alone)")
-    print(f"  speed-up: {sequential / concurrent:.1f}x; concurrent / one round-trip: {concurrent / LATENCY:.2f}")
-    ok = concurrent < target and sequential / concurrent > 4
-    print(f"  target: under {target * 1000:.0f} ms and > 4x the baseline: {'met' if ok else 'MISSED'}")
+        return invoke
+
+    def _largest_item_bytes(self) -> int:
+        dynamodb = boto3.Session().client("dynamodb")  # a session of its own: never the modelled AWS
+        stored = [
+            item_bytes(item)
+            for table in (IDEMPOTENCY_TABLE, OUTCOME_TABLE)
+            for page in dynamodb.get_paginator("scan").paginate(TableName=table)
+            for item in page["Items"]
+        ]
+        return max([0, *stored, *self.meter.write_bytes])
+
+
+class _RawBody(io.BytesIO):
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.getvalue()
+
+
+class _FixedLatencyAws:
+    """DynamoDB and EventBridge answering every call after a fixed round trip, in the calling thread, so that calls
+    overlap as they do against AWS. Enough for the worker's happy path: a first PutItem, an UpdateItem, PutEvents."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, request: AWSPreparedRequest, **_: Any) -> AWSResponse:
+        operation = cast(bytes, request.headers["X-Amz-Target"]).decode().rsplit(".", 1)[1]
+        time.sleep(self.seconds)
+        answer: dict[str, Any] = {}
+        if operation == "PutEvents":
+            entries = json.loads(cast(bytes, request.body))["Entries"]
+            answer = {"FailedEntryCount": 0, "Entries": [{"EventId": str(uuid.uuid4())} for _ in entries]}
+        headers = HTTPHeaders()
+        headers["Content-Type"] = "application/x-amz-json-1.1"
+        return AWSResponse(request.url, 200, headers, _RawBody(json.dumps(answer).encode()))
+
+
+@contextlib.contextmanager
+def _modelled_aws(seconds: float) -> Iterator[None]:
+    """Clients made meanwhile (the worker's, on boto3's default session) reach `_FixedLatencyAws` instead."""
+    if boto3.DEFAULT_SESSION is None:
+        boto3.setup_default_session()
+    events: Any = cast(boto3.Session, boto3.DEFAULT_SESSION).events
+    stub = _FixedLatencyAws(seconds)
+    for service in ("dynamodb", "eventbridge"):
+        events.register(f"before-send.{service}", stub)
+    try:
+        yield
+    finally:
+        for service in ("dynamodb", "eventbridge"):
+            events.unregister(f"before-send.{service}", stub)
+        worker_for.cache_clear()  # its clients answer from the stub
+
+
+def _median_warm(run: Run) -> float:
+    return statistics.median(run.seconds[1:])  # the first invocation is the container's cold one
+
+
+def bench_batches(bench: Bench) -> tuple[list[Figure], Usage, Usage]:
+    deployed = Design(batch_size=bench.deployed.batch_size, max_in_flight=10)
+    cancels = BATCH * (ROUNDS + 1)
+    concurrent = bench.run(deployed, cancels)
+    sequential = bench.run(Design(batch_size=BATCH, max_in_flight=1), cancels)
+    without_store = bench.run(Design(batch_size=BATCH, max_in_flight=10, idempotency=False), cancels)
+    with _modelled_aws(DYNAMODB_ROUND_TRIP):
+        modelled = bench.run(deployed, cancels)
+    naive = bench.run(Design(batch_size=1, max_in_flight=1, naive=True), NAIVE_CANCELS)
+
+    batch, alone, model = _median_warm(concurrent), _median_warm(without_store), _median_warm(modelled)
+    figures = [
+        # moto serves one request at a time, in this process: shown against the target, not gating on it.
+        Figure("batch_idempotency", batch, LATENCY, "<=1.2", gating=False),
+        Figure(
+            "batch_idempotency_modelled",
+            model,
+            LATENCY,
+            "<=1.2",
+            extra={"dynamodb_round_trip_ms": f"{DYNAMODB_ROUND_TRIP * 1000:.0f}"},
+        ),
+        Figure("batch_idempotency_off", alone, LATENCY),
+        Figure("batch_speedup", _median_warm(sequential), batch, ">=8"),
+    ]
+    ours = model - LATENCY - 2 * DYNAMODB_ROUND_TRIP
+    print(f"\nbatch of {BATCH}, provider latency {LATENCY * 1000:.0f} ms, median of {ROUNDS} warm batches")
+    print(f"  idempotency on, embedded AWS (moto):          {batch * 1000:5.0f} ms   ratio {batch / LATENCY:.2f}")
+    print(
+        f"  idempotency on, DynamoDB answering in {DYNAMODB_ROUND_TRIP * 1000:.0f} ms:   {model * 1000:5.0f} ms"
+        f"   ratio {model / LATENCY:.2f}: two DynamoDB round trips per record, and {ours * 1000:.0f} ms of ours"
+    )
+    print(f"  idempotency off (the provider calls alone):   {alone * 1000:5.0f} ms   ratio {alone / LATENCY:.2f}")
+    print(
+        f"  sequential (MAX_IN_FLIGHT=1):                 {figures[3].value * 1000:5.0f} ms"
+        f"   {figures[3].ratio:.1f}x the batch"
+    )
+    print(f"  the embedded AWS's share: {(batch - model) * 1000:.0f} ms (moto serves one request at a time)")
+    return figures, concurrent.usage, naive.usage
+
+
+def cost_figure(deployed: Usage, naive: Usage) -> Figure:
+    print(f"\ncost per million cancels, USD, us-east-1 (prices: callcancel_local/cost.py, {_price_dates()})")
+    print(f"  {'per cancel':24} {'deployed':>12} {'USD/M':>8} {'naive':>12} {'USD/M':>8}")
+    for item, price in PRICES.items():
+        cells = " ".join(
+            f"{usage.per_cancel(item):12.4g} {usage.usd_per_million(item):8.3f}" for usage in (deployed, naive)
+        )
+        print(f"  {price.label:24} {cells}")
+    print(f"  {'total':24} {deployed.total_usd_per_million:21.3f} {naive.total_usd_per_million:21.3f}")
+    for name, usage in (("deployed", deployed), ("naive", naive)):
+        top = max(PRICES, key=usage.usd_per_million)
+        share = usage.usd_per_million(top) / usage.total_usd_per_million
+        calls = ", ".join(f"{call} {n / usage.cancels:.2g}" for call, n in sorted(usage.calls.items()))
+        print(f"  {name}: {PRICES[top].label} dominate ({share:.0%}); AWS calls per cancel: {calls}")
+    return Figure(
+        "cost_naive_over_deployed",
+        naive.total_usd_per_million,
+        deployed.total_usd_per_million,
+        ">=5",
+        unit="usd_per_million_cancels",
+    )
+
+
+def _price_dates() -> str:
+    dates = sorted({price.valid_on for price in PRICES.values()})
+    return f"valid on {dates[0]} to {dates[-1]} as far as known"
+
+
+def main() -> int:
+    meter = AwsMeter()  # before the first botocore session
+    deployed = Deployed.read()
+    figures = bench_cold_start()
+    with EmbeddedAws() as aws, ProviderSimulator() as simulator:
+        batches, deployed_usage, naive_usage = bench_batches(Bench(aws, simulator, meter, deployed))
+        figures += batches
+        figures.append(cost_figure(deployed_usage, naive_usage))
+    print()
+    for figure in figures:
+        print(figure.line())
     purged = bench_purge()
     with tempfile.TemporaryDirectory() as tmp:
         operators = bench_operators.main(Path(tmp))  # publish --csv of 1,000,000 rows; the DLQ tools at 10,000
-    return 0 if ok and purged and operators else 1
+    return 0 if purged and operators and not any(figure.failed for figure in figures) else 1
 
 
 if __name__ == "__main__":
