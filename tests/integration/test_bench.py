@@ -6,7 +6,6 @@ from unittest import mock
 
 import pytest
 
-from callcancel.observability import logger
 from callcancel_local.bench import Bench, Deployed, Design, cost_figure
 from callcancel_local.cost import PRICES, AwsMeter
 from callcancel_local.embedded_aws import EmbeddedAws
@@ -20,11 +19,9 @@ pytestmark = pytest.mark.integration
 def bench(embedded_aws: EmbeddedAws, simulator: ProviderSimulator) -> Iterator[Bench]:
     embedded_aws.reset()
     meter = AwsMeter()
-    level = logger.level
     with mock.patch.dict(os.environ):
         yield Bench(embedded_aws, simulator, meter, Deployed.read(), latency=0.01)
     meter.close()
-    logger.setLevel(level)
 
 
 def test_a_batch_of_ten_as_deployed_costs_its_share_of_each_call(bench: Bench) -> None:
