@@ -18,7 +18,6 @@ import heapq
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -207,7 +206,10 @@ def _write_csv(path: Path, rows: int) -> Path:
 
 
 def _rss_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over fork and exec, so a child of
+    `make bench`, whose process holds hundreds of MiB by then, would report its parent's peak as its own."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def publish_child(csv_path: str, round_trip: float) -> None:
