@@ -9,6 +9,7 @@ nothing else.
 import contextlib
 import functools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,8 @@ class OutcomeRecorder:
         self._events = events if bus else None
         self._bus = bus
         self._retention = timedelta(days=retention_days)
+        # One thread per record of a batch in flight at most (the worker's MAX_IN_FLIGHT is at most 100).
+        self._announcer = ThreadPoolExecutor(max_workers=100, thread_name_prefix="outcome-event")
         if not table:
             logger.warning("OUTCOME_TABLE is not set: no outcome records are written")
         if not bus:
@@ -181,12 +184,18 @@ class OutcomeRecorder:
 
     def record(self, outcome: Outcome) -> None:
         """Never raises: the message's fate does not depend on it."""
+        # The record and the event are independent: put at the same time, one round trip on the record's path.
+        announced = self._announcer.submit(self._announce_or_count, outcome) if self._events else None
         # Whatever went wrong (AWS, or a bug here), the cancel's own outcome stands.
         try:
             self._write(outcome)
         except Exception as exc:
             _warn("outcome record not written", exc, outcome)
             count(RECORD_FAILED_METRIC)
+        if announced is not None:
+            announced.result()
+
+    def _announce_or_count(self, outcome: Outcome) -> None:
         try:
             self._announce(outcome)
         except Exception as exc:
