@@ -31,31 +31,28 @@ def peek(
 
     def receive() -> None:
         try:
-            _receive_until_done()
+            while not done.is_set():
+                with lock:
+                    wanted = min(10, limit - len(seen))
+                messages = client.receive_message(
+                    QueueUrl=queue_url,
+                    MaxNumberOfMessages=max(wanted, 1),
+                    MessageAttributeNames=["All"],
+                    AttributeNames=["All"],
+                    VisibilityTimeout=HIDE_SECONDS,
+                ).get("Messages", [])
+                with lock:
+                    handles.extend(message["ReceiptHandle"] for message in messages)
+                    for message in messages:
+                        if len(seen) < limit:
+                            seen.setdefault(message["MessageId"], _flat(message))
+                    if not messages or len(seen) >= limit:
+                        done.set()
+                    count = len(seen)
+                if on_progress:
+                    on_progress(count)
         finally:
-            done.set()  # an error in one receive ends the others too
-
-    def _receive_until_done() -> None:
-        while not done.is_set():
-            with lock:
-                wanted = min(10, limit - len(seen))
-            messages = client.receive_message(
-                QueueUrl=queue_url,
-                MaxNumberOfMessages=max(wanted, 1),
-                MessageAttributeNames=["All"],
-                AttributeNames=["All"],
-                VisibilityTimeout=HIDE_SECONDS,
-            ).get("Messages", [])
-            with lock:
-                handles.extend(message["ReceiptHandle"] for message in messages)
-                for message in messages:
-                    if len(seen) < limit:
-                        seen.setdefault(message["MessageId"], _flat(message))
-                if not messages or len(seen) >= limit:
-                    done.set()
-                count = len(seen)
-            if on_progress:
-                on_progress(count)
+            done.set()  # one receive's end (an empty answer, the limit, an error) ends the others
 
     try:
         _at_once(receive, min(IN_FLIGHT, -(-limit // 10)))
