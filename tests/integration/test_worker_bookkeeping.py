@@ -126,6 +126,49 @@ def test_not_found_after_a_read_timeout_says_the_earlier_attempt_may_have_cancel
     assert letter["attempts"] == "2"
 
 
+@pytest.mark.parametrize(
+    ("after", "failure_class"),
+    [("not_found", "not_found"), ("503 until the end", "exhausted")],
+)
+def test_a_later_transient_failure_keeps_what_the_timeout_may_have_done(
+    stack: WorkerStack, simulator: ProviderSimulator, after: str, failure_class: str
+) -> None:
+    # Given Ryng cancels the call but answers after our read timeout, then answers 503 (MAX_ATTEMPTS=3)
+    simulator.add_ryng_calls("acme", "c-1")
+    simulator.set_latency("ryng", 2.5)
+    stack.send({**RYNG, "call_id": "c-1"})
+    assert len(stack.run_batch().failed) == 1
+    simulator.set_latency("ryng", 0)
+    deadline = time.monotonic() + 10
+    while not simulator.calls("ryng") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    simulator.inject("ryng", 503, times=1 if after == "not_found" else -1)
+    assert len(stack.run_batch().failed) == 1
+
+    # When the last attempt ends
+    stack.run_until_empty()
+
+    # Then its dead letter still says that the first attempt may have cancelled it
+    [letter] = stack.dead_letters()
+    assert letter["failure_class"] == failure_class
+    assert "earlier attempt of this request may have cancelled it" in letter["failure_reason"]
+    assert letter["attempts"] == "3"
+
+
+def test_the_idempotency_store_is_configured_before_the_first_batch(stack: WorkerStack) -> None:
+    # Powertools configures it on first use, from several records' threads at once; half-configured, it
+    # once wrote a lock without its payload hash and with a 1 h expiry.
+    from callcancel.settings import Settings
+    from callcancel.worker import CancelWorker, worker_for
+
+    worker_for.cache_clear()
+    worker: CancelWorker = worker_for(Settings.from_env())
+    records = worker._records
+    assert records is not None and records.configured
+    assert records.payload_validation_enabled
+    assert records.expires_after_seconds == 24 * 60 * 60
+
+
 def test_not_found_on_a_first_attempt_says_nothing_of_earlier_attempts(stack: WorkerStack) -> None:
     stack.send({**RYNG, "call_id": "ghost"})
     stack.run_batch()

@@ -8,6 +8,11 @@ with backoff until MAX_ATTEMPTS, then dead-lettered as `exhausted`.
 from enum import StrEnum
 from typing import ClassVar
 
+# Said of a request whose provider may have carried it out, although no answer of ours confirmed it.
+MAY_HAVE_CANCELLED = (
+    "an earlier attempt of this request may have cancelled it (it timed out, lost its connection or was interrupted)"
+)
+
 
 class FailureClass(StrEnum):
     INVALID = "invalid"
@@ -79,7 +84,7 @@ class TransientFailure(Exception):
 
     def exhausted(self, attempts: int) -> Exhausted:
         return Exhausted(
-            f"gave up after {attempts} attempts: {self.reason}",
+            f"gave up after {attempts} attempts: {self.reason}" + (f"; {MAY_HAVE_CANCELLED}" if self.ambiguous else ""),
             http_status=self.http_status,
             provider_message=self.provider_message,
         )

@@ -49,12 +49,15 @@ class CancelRecords(DynamoDBPersistenceLayer):
 
     def took_over_earlier_attempt(self) -> bool:
         """True when this thread's last lock replaced an earlier attempt's lock or record: it may have cancelled."""
-        item, self._replaced.item = getattr(self._replaced, "item", None), None
+        # Each PutItem of this thread sets it anew, so it always speaks of the lock this thread holds now.
+        item = getattr(self._replaced, "item", None)
         status = (item or {}).get(self.status_attr, {}).get("S")
         return status in (_INPROGRESS, _COMPLETED)
 
     def delete_record(self, data: dict[str, Any], exception: Exception) -> None:
-        if isinstance(exception, TransientFailure) and exception.ambiguous:
+        # A retry after an attempt that may have cancelled keeps the trace too: a 503 now does not undo
+        # what the timeout before it may have done.
+        if isinstance(exception, TransientFailure) and (exception.ambiguous or self.took_over_earlier_attempt()):
             self._release(data)
         else:
             super().delete_record(data, exception)

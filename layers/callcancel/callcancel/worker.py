@@ -26,7 +26,7 @@ from callcancel.canceller import Canceller
 from callcancel.credentials import SecretStore
 from callcancel.dead_letter import DeadLetter
 from callcancel.deferred import DeferredItem, DeferredStore, iso_utc
-from callcancel.errors import CancelFailure, ConfigError, InvalidRequest, NotFound, TransientFailure
+from callcancel.errors import MAY_HAVE_CANCELLED, CancelFailure, ConfigError, InvalidRequest, NotFound, TransientFailure
 from callcancel.idempotency import CancelRecords, KeyLocks, lock_expires_in
 from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
 from callcancel.observability import count, count_outcome, count_records, logger
@@ -36,6 +36,7 @@ from callcancel.queues import WorkerQueues
 from callcancel.settings import Settings
 
 IDEMPOTENCY_TTL_SECONDS = 24 * 60 * 60
+IDEMPOTENCY_KEY_PREFIX = "callcancel.cancel"
 
 
 class RetryLater(Exception):
@@ -99,12 +100,15 @@ class CancelWorker:
                 expires_after_seconds=IDEMPOTENCY_TTL_SECONDS,
                 response_hook=_mark_replayed,
             )
+            # Configured here, once: Powertools would configure it on the first call, from several records'
+            # threads at a time, and marks it configured before it has applied the settings.
+            self._records.configure(self._idempotency, key_prefix=IDEMPOTENCY_KEY_PREFIX)
             self._cancel_once = idempotent_function(
                 self._cancel,
                 data_keyword_argument="job",
                 persistence_store=self._records,
                 config=self._idempotency,
-                key_prefix="callcancel.cancel",
+                key_prefix=IDEMPOTENCY_KEY_PREFIX,
             )
         else:
             logger.warning("IDEMPOTENCY_TABLE is not set: idempotency is off, a redelivered cancel calls again")
@@ -189,13 +193,16 @@ class CancelWorker:
                 count("IdempotencyRecordNotSaved")
                 return "cancelled"
             failure = _failure_of(exc, key)
-            if isinstance(failure, NotFound) and attempt.after_earlier_attempt:
-                raise NotFound(
-                    f"{failure.reason}; an earlier attempt of this request may have cancelled it "
-                    "(it timed out, lost its connection or was interrupted)",
-                    http_status=failure.http_status,
-                    provider_message=failure.provider_message,
-                ) from None
+            if attempt.after_earlier_attempt:
+                # What an earlier attempt may have done stays known to every later one, and to the operator.
+                if isinstance(failure, NotFound):
+                    raise NotFound(
+                        f"{failure.reason}; {MAY_HAVE_CANCELLED}",
+                        http_status=failure.http_status,
+                        provider_message=failure.provider_message,
+                    ) from None
+                if isinstance(failure, TransientFailure):
+                    failure.ambiguous = True
             raise failure from None
         return "duplicate" if result.get("replayed") else "cancelled"
 
