@@ -36,7 +36,6 @@ from botocore.compat import HTTPHeaders
 from samtranslator.yaml_helper import yaml_parse  # type: ignore[import-untyped]
 
 from callcancel.observability import logger
-from callcancel.producer import publish
 from callcancel.worker import worker_for
 from callcancel_local import bench_operators
 from callcancel_local.bench_purge import bench_purge
@@ -46,6 +45,7 @@ from callcancel_local.figures import Figure
 from callcancel_local.lambda_runtime import LocalLambdaContext, load_handler
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.sqs_source import SqsEventSource
+from callcancel_tools.producer import publish
 
 LATENCY = 0.3
 BATCH = 10

@@ -35,11 +35,11 @@ import boto3
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 from botocore.compat import HTTPHeaders
 
-from callcancel import cli
 from callcancel.dead_letter import DeadLetter
 from callcancel.digest import DigestSender
 from callcancel.errors import AuthDenied, Exhausted, NotFound
-from callcancel.producer import CSV_COLUMNS, IN_FLIGHT, BatchSender, CsvFile
+from callcancel_tools import cli
+from callcancel_tools.producer import CSV_COLUMNS, IN_FLIGHT, BatchSender, CsvFile
 
 ROUND_TRIP = 0.025
 CSV_ROWS = 1_000_000

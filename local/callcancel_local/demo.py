@@ -21,12 +21,12 @@ from typing import Any
 
 import boto3
 
-from callcancel.cli import main as callcancel_cli
 from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.runner import EventSourceRunner
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_local.stack import DeployedStack, DeployError, deploy, not_created_lines
+from callcancel_tools.cli import main as callcancel_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "template.yaml"

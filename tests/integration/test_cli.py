@@ -18,13 +18,13 @@ import boto3
 import pytest
 
 import callcancel
-from callcancel import dlq
-from callcancel.cli import main
 from callcancel.dead_letter import DeadLetter
 from callcancel.digest import DigestSender
 from callcancel.errors import AuthDenied, CancelFailure, ConfigError, Exhausted, InvalidRequest, NotFound, Rejected
 from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws
+from callcancel_tools import dlq
+from callcancel_tools.cli import main
 
 pytestmark = pytest.mark.integration
 

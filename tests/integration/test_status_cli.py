@@ -10,11 +10,11 @@ import boto3
 import pytest
 
 import callcancel
-from callcancel.cli import main
 from callcancel.errors import NotFound, TransientFailure
 from callcancel.outcomes import OutcomeRecorder
 from callcancel.peek import peek
 from callcancel_local.embedded_aws import EmbeddedAws, create_table_keyed_by_id
+from callcancel_tools.cli import main
 from tests.integration.test_outcomes import outcome
 
 pytestmark = pytest.mark.integration

@@ -7,10 +7,10 @@ from typing import Any
 import boto3
 import pytest
 
-from callcancel import dlq
-from callcancel.cli import main
 from callcancel_local.embedded_aws import create_table_keyed_by_id
 from callcancel_local.simulator import ProviderSimulator
+from callcancel_tools import dlq
+from callcancel_tools.cli import main
 from tests.integration.conftest import PLUM_EMAIL, PLUM_KEY, RYNG_TOKEN, PurgeStack, WorkerStack
 from tests.integration.test_worker import DEAD_LETTER_CASES, PLUM, RYNG
 

@@ -40,7 +40,7 @@ def test_the_worker_imports_only_what_it_runs_when_tracing_is_off() -> None:
     assert "aws_xray_sdk.core" not in modules
     # Powertools' batch utility builds these pydantic models when pydantic is imported before it.
     assert "aws_lambda_powertools.utilities.parser.models" not in modules
-    assert not {"callcancel.purge", "callcancel.digest", "callcancel.cli", "callcancel.producer", "rich"} & modules
+    assert not {"callcancel.purge", "callcancel.digest", "callcancel_tools", "rich"} & modules
     assert loaded["purge_plan_built"] is False
 
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callcancel.models import parse_cancel_request
-from callcancel.producer import CSV_COLUMNS, MAX_LINE_BYTES, InvalidCsv, Row, check_csv, encode, read_csv
+from callcancel_tools.producer import CSV_COLUMNS, MAX_LINE_BYTES, InvalidCsv, Row, check_csv, encode, read_csv
 
 PROPERTIES = settings(derandomize=True, database=None, max_examples=100, deadline=None)
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "latin-1", "cp1252", "shift_jis"]

@@ -12,10 +12,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from callcancel import producer
 from callcancel.errors import InvalidRequest
-from callcancel.locate import LocateError, QueueLocator, SamConfig, read_samconfig
-from callcancel.producer import CSV_COLUMNS, BatchSender, CsvFile, InvalidCsv, Row, encode, publish, read_csv
+from callcancel_tools import producer
+from callcancel_tools.locate import LocateError, QueueLocator, SamConfig, read_samconfig
+from callcancel_tools.producer import CSV_COLUMNS, BatchSender, CsvFile, InvalidCsv, Row, encode, publish, read_csv
 
 HEADER = ",".join(CSV_COLUMNS)
 

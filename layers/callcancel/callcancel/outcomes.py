@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 EVENT_SOURCE = "callcancel"
-# Never "Cancel Requested" (callcancel.producer.CANCEL_REQUESTED, the way in): outcomes cannot loop back.
+# Never "Cancel Requested" (callcancel_tools.producer.CANCEL_REQUESTED, the way in): outcomes cannot loop back.
 DETAIL_TYPES = {"cancelled": "Cancel Succeeded", "deferred": "Cancel Deferred"}
 CANCEL_FAILED = "Cancel Failed"
 DEAD_LETTER_CLASSES = frozenset(str(c) for c in FailureClass)

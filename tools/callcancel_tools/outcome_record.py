@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 
-from callcancel.locate import QueueLocator
+from callcancel_tools.locate import QueueLocator
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

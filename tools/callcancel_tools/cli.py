@@ -23,12 +23,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from callcancel import dlq
 from callcancel.dead_letter import ATTRIBUTES, StoredDeadLetter
 from callcancel.errors import InvalidRequest
-from callcancel.locate import DLQ_URL_ENV, EVENT_BUS_ENV, OUTCOME_TABLE_ENV, QUEUE_URL_ENV, LocateError, QueueLocator
-from callcancel.outcome_record import OutcomeRecord, read_outcome
-from callcancel.producer import CSV_COLUMNS, CsvFile, InvalidCsv, PublishRefused, capped, encode, publish, publish_rows
+from callcancel_tools import dlq
+from callcancel_tools.locate import (
+    DLQ_URL_ENV,
+    EVENT_BUS_ENV,
+    OUTCOME_TABLE_ENV,
+    QUEUE_URL_ENV,
+    LocateError,
+    QueueLocator,
+)
+from callcancel_tools.outcome_record import OutcomeRecord, read_outcome
+from callcancel_tools.producer import (
+    CSV_COLUMNS,
+    CsvFile,
+    InvalidCsv,
+    PublishRefused,
+    capped,
+    encode,
+    publish,
+    publish_rows,
+)
 
 UNKNOWN_REQUEST = 3
 

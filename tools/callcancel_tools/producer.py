@@ -21,8 +21,8 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from callcancel.errors import InvalidRequest
-from callcancel.locate import QueueLocator
 from callcancel.models import parse_cancel_request
+from callcancel_tools.locate import QueueLocator
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
