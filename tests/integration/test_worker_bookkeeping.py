@@ -102,10 +102,8 @@ def test_a_final_failure_keeps_its_class_when_the_lock_cannot_be_deleted(
     assert letter["attempts"] == "1"
 
 
-def test_not_found_after_a_read_timeout_says_the_earlier_attempt_may_have_cancelled_it(
-    stack: WorkerStack, simulator: ProviderSimulator
-) -> None:
-    # Given Ryng cancels the call but answers after our read timeout (PROVIDER_TIMEOUT_SECONDS=2)
+def _cancelled_after_our_timeout(stack: WorkerStack, simulator: ProviderSimulator) -> None:
+    """One attempt that timed out (PROVIDER_TIMEOUT_SECONDS=2) on a cancel Ryng then carried out."""
     simulator.add_ryng_calls("acme", "c-1")
     simulator.set_latency("ryng", 2.5)
     stack.send({**RYNG, "call_id": "c-1"})
@@ -114,6 +112,13 @@ def test_not_found_after_a_read_timeout_says_the_earlier_attempt_may_have_cancel
     deadline = time.monotonic() + 10
     while not simulator.calls("ryng") and time.monotonic() < deadline:
         time.sleep(0.05)  # Ryng carries out the late request, after we stopped waiting for its answer
+
+
+def test_not_found_after_a_read_timeout_says_the_earlier_attempt_may_have_cancelled_it(
+    stack: WorkerStack, simulator: ProviderSimulator
+) -> None:
+    # Given Ryng cancels the call but answers after our read timeout
+    _cancelled_after_our_timeout(stack, simulator)
 
     # When the retry is told the call does not exist (it was our own cancel)
     stack.run_until_empty()
@@ -134,14 +139,7 @@ def test_a_later_transient_failure_keeps_what_the_timeout_may_have_done(
     stack: WorkerStack, simulator: ProviderSimulator, after: str, failure_class: str
 ) -> None:
     # Given Ryng cancels the call but answers after our read timeout, then answers 503 (MAX_ATTEMPTS=3)
-    simulator.add_ryng_calls("acme", "c-1")
-    simulator.set_latency("ryng", 2.5)
-    stack.send({**RYNG, "call_id": "c-1"})
-    assert len(stack.run_batch().failed) == 1
-    simulator.set_latency("ryng", 0)
-    deadline = time.monotonic() + 10
-    while not simulator.calls("ryng") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _cancelled_after_our_timeout(stack, simulator)
     simulator.inject("ryng", 503, times=1 if after == "not_found" else -1)
     assert len(stack.run_batch().failed) == 1
 
