@@ -106,6 +106,18 @@ DEAD_LETTER_CASES = [
 ]
 
 
+def send_dead_letter_case(
+    stack: WorkerStack, simulator: ProviderSimulator, body: dict[str, Any] | str, setup: Any
+) -> tuple[str, str]:
+    """Given one of DEAD_LETTER_CASES: the provider state it needs, and its message sent. Returns (body, id)."""
+    simulator.add_ryng_calls("acme", "c-1")
+    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1")
+    if setup:
+        setup(stack, simulator)
+    text = body if isinstance(body, str) else json.dumps(body)
+    return text, stack.send(text)
+
+
 @pytest.mark.parametrize(
     ("body", "setup", "failure_class", "http_status", "provider_message", "calls"),
     [case[1:] for case in DEAD_LETTER_CASES],
@@ -121,12 +133,7 @@ def test_final_failures_are_dead_lettered_at_once_with_their_reason(
     provider_message: str | None,
     calls: int,
 ) -> None:
-    simulator.add_ryng_calls("acme", "c-1")
-    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1")
-    if setup:
-        setup(stack, simulator)
-    text = body if isinstance(body, str) else json.dumps(body)
-    message_id = stack.send(text)
+    text, message_id = send_dead_letter_case(stack, simulator, body, setup)
 
     result = stack.run_batch()
 

@@ -12,7 +12,7 @@ from callcancel_local.simulator import ProviderSimulator
 from callcancel_tools import dlq
 from callcancel_tools.cli import main
 from tests.integration.conftest import PLUM_EMAIL, PLUM_KEY, RYNG_TOKEN, PurgeStack, WorkerStack
-from tests.integration.test_worker import DEAD_LETTER_CASES, PLUM, RYNG
+from tests.integration.test_worker import DEAD_LETTER_CASES, PLUM, RYNG, send_dead_letter_case
 
 pytestmark = pytest.mark.integration
 
@@ -122,11 +122,7 @@ def test_every_dead_letter_is_recorded_and_announced_with_its_class_and_reason(
     provider_message: str | None,
     calls: int,
 ) -> None:
-    simulator.add_ryng_calls("acme", "c-1")
-    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1")
-    if setup:
-        setup(stack, simulator)
-    message_id = stack.send(body if isinstance(body, str) else json.dumps(body))
+    _, message_id = send_dead_letter_case(stack, simulator, body, setup)
 
     stack.run_batch()
 
