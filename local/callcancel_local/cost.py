@@ -102,6 +102,22 @@ PRICES: Mapping[str, Price] = {
     ),
 }
 
+# What DESIGN.md's contracts make every cancel pay, however it is built, per cancel:
+CONTRACT_FLOOR: Mapping[str, float] = {
+    # the message is sent, received and deleted, 10 per request at best (SendMessageBatch, a batch of 10)
+    "sqs_request": 3 / 10,
+    # Powertools idempotency's lock and completion ("Idempotency"), and the outcome record
+    "dynamodb_write_unit": 3,
+    # the outcome event ("Outcome events")
+    "eventbridge_event": 1,
+}
+
+
+def contract_floor_usd_per_million() -> float:
+    """The least a million cancels can cost under the contracts, with Lambda, logs and secrets free."""
+    return sum(PRICES[item].of(quantity) * 1e6 for item, quantity in CONTRACT_FLOOR.items())
+
+
 # Services billed per request (per 64 KB chunk of it), by the name botocore's events give them.
 _SERVICE_ITEM = {"sqs": "sqs_request", "secrets-manager": "secrets_manager_call", "sns": "sns_publish"}
 _CHUNK = 64 * 1024

@@ -16,9 +16,11 @@ import random
 import re
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -641,6 +643,51 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # one line per request would drown test and local-stack output
+
+
+class SimulatorProcess:
+    """The simulator in a process of its own, set up through its control API.
+
+    For measurements: a provider's work (parsing the request, writing the answer) must not share the measured
+    process's CPU and GIL, as it does not in production. It offers the setup methods of `ProviderSimulator` that
+    the benchmark uses.
+    """
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._tokens: dict[str, str] = {}
+        self.base_url = self.ryng_base_url = self.plum_base_url = ""
+
+    def __enter__(self) -> "SimulatorProcess":
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "callcancel_local.simulator"], stdout=subprocess.PIPE, text=True
+        )
+        assert self._process.stdout is not None
+        urls = dict(self._process.stdout.readline().strip().split("=", 1) for _ in range(3))
+        self.base_url, self.ryng_base_url = urls["SIMULATOR_URL"], urls["RYNG_BASE_URL"]
+        self.plum_base_url = urls["PLUM_BASE_URL"]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait()
+
+    def _control(self, path: str, data: dict[str, Any]) -> None:
+        request = urllib.request.Request(f"{self.base_url}/_sim/{path}", json.dumps(data).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            answer.read()
+
+    def add_ryng_account(self, subdomain: str, access_token: str) -> None:
+        self._tokens[subdomain] = access_token
+        self._control("ryng/accounts", {"subdomain": subdomain, "access_token": access_token})
+
+    def add_ryng_calls(self, subdomain: str, *call_ids: str) -> None:
+        account = {"subdomain": subdomain, "access_token": self._tokens[subdomain], "calls": list(call_ids)}
+        self._control("ryng/accounts", account)
+
+    def set_latency(self, provider: str, seconds: float) -> None:
+        self._control("latency", {"provider": provider, "seconds": seconds})
 
 
 def main(argv: list[str] | None = None) -> None:

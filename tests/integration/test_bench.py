@@ -5,12 +5,13 @@ from collections.abc import Iterator
 from unittest import mock
 
 import pytest
+import requests
 
-from callcancel_local.bench import Bench, Deployed, Design, cost_figure
-from callcancel_local.cost import PRICES, AwsMeter
+from callcancel_local.bench import Bench, Deployed, Design, cost_figures
+from callcancel_local.cost import CONTRACT_FLOOR, PRICES, AwsMeter, contract_floor_usd_per_million
 from callcancel_local.embedded_aws import EmbeddedAws
 from callcancel_local.figures import Figure
-from callcancel_local.simulator import ProviderSimulator
+from callcancel_local.simulator import ProviderSimulator, SimulatorProcess
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +49,13 @@ def test_the_naive_design_reads_the_secret_and_is_invoked_for_every_message(benc
     assert naive.calls["secrets-manager.GetSecretValue"] == 2
     assert naive.calls["sqs.ReceiveMessage"] == naive.calls["sqs.DeleteMessageBatch"] == 2
     assert naive.per_cancel("lambda_request") == 1
-    figure = cost_figure(deployed, naive)
+    figure, floor = cost_figures(deployed, naive)
     assert figure.value == pytest.approx(sum(naive.usd_per_million(item) for item in PRICES))
     assert figure.ratio > 1
+    # The floor is what the contracts make every cancel pay: the deployed design pays at least that of each item.
+    assert floor.baseline == pytest.approx(contract_floor_usd_per_million()) and floor.value == figure.value
+    for item, quantity in CONTRACT_FLOOR.items():
+        assert deployed.per_cancel(item) >= quantity
 
 
 def test_a_figure_line_holds_its_ratio_and_whether_it_met_the_target() -> None:
@@ -61,3 +66,23 @@ def test_a_figure_line_holds_its_ratio_and_whether_it_met_the_target() -> None:
     assert Figure("x", 0.5, 0.3, "<=1.2", gating=False).status == "missed"
     assert not Figure("x", 0.5, 0.3, "<=1.2", gating=False).failed
     assert Figure("x", 0.5, 0.3).status == "info"
+
+
+def test_a_figure_may_bound_its_value_rather_than_its_ratio() -> None:
+    rate = Figure("purge", 2500, 200, ">=2000", unit="requests/s", target_on="value")
+    assert rate.status == "met" and rate.line().endswith("status=met target_on=value")
+    assert Figure("rss", 151, 75, "<=150", unit="MiB", target_on="value").failed
+
+
+def test_the_simulator_in_a_process_of_its_own_is_set_up_through_its_control_api() -> None:
+    with SimulatorProcess() as simulator:
+        simulator.add_ryng_account("acme", "token")
+        simulator.add_ryng_calls("acme", "c-1")
+        simulator.set_latency("ryng", 0.01)
+        url = simulator.ryng_base_url.replace("{subdomain}", "acme") + "/rest-api/v1/progressive/call/c-1/cancel"
+
+        answer = requests.post(url, headers={"x-access-token": "token"}, timeout=5)
+
+        assert answer.status_code == 200 and answer.json()["error"] is False
+        cancelled = requests.get(f"{simulator.base_url}/_sim/cancelled", params={"provider": "ryng"}, timeout=5)
+        assert cancelled.json() == ["c-1"]
