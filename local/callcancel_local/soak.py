@@ -410,6 +410,7 @@ class Verdict:
     unexplained_double_calls: list[str] = field(default_factory=list)
     duplicate_letters: int = 0
     lost_examples: list[str] = field(default_factory=list)
+    false_alarm_examples: list[str] = field(default_factory=list)
     leaks: Counter[str] = field(default_factory=Counter)  # where -> occurrences
     calls_after_unseen_success: int = 0
 
@@ -455,7 +456,8 @@ def _letters_by_source(record: RunRecord, verdict: Verdict) -> dict[str, dict[st
 def _judge_request(
     request: SoakRequest, message_id: str, letter: dict[str, Any] | None, record: RunRecord, verdict: Verdict
 ) -> None:
-    cancelled = (request.provider, request.target) in record.sim_cancelled
+    target = (request.provider, request.target)
+    cancelled = target in record.sim_cancelled
     if letter is not None:
         failure_class = letter.get("failure_class", "unclassified")
         verdict.dead_lettered += 1
@@ -464,6 +466,14 @@ def _judge_request(
         verdict.ambiguous += explained
         if cancelled and not explained:
             verdict.false_alarms[failure_class] += 1
+            if len(verdict.false_alarm_examples) < 5:
+                answers = " ".join(
+                    f"{call.status}" for call in record.sim_calls if (call.provider, call.target) == target
+                )
+                verdict.false_alarm_examples.append(
+                    f"{message_id} {request.body}: {failure_class}, {letter.get('failure_reason', '')!r};"
+                    f" the provider answered {answers}"
+                )
         elif not cancelled and failure_class not in (request.expect, "exhausted", "unclassified"):
             verdict.wrong_class[f"{request.expect}->{failure_class}"] += 1
     elif cancelled:
@@ -632,6 +642,7 @@ def details(record: RunRecord, verdict: Verdict) -> list[str]:
             f"calls after a success the worker never saw (a read timeout): {verdict.calls_after_unseen_success}"
         )
     lines.extend(f"LOST {example}" for example in verdict.lost_examples)
+    lines.extend(f"FALSE ALARM {example}" for example in verdict.false_alarm_examples)
     return lines
 
 
