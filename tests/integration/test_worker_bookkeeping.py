@@ -102,11 +102,13 @@ def test_a_final_failure_keeps_its_class_when_the_lock_cannot_be_deleted(
     assert letter["attempts"] == "1"
 
 
-def _cancelled_after_our_timeout(stack: WorkerStack, simulator: ProviderSimulator) -> None:
+def _cancelled_after_our_timeout(
+    stack: WorkerStack, simulator: ProviderSimulator, body: dict[str, Any] | None = None
+) -> None:
     """One attempt that timed out (PROVIDER_TIMEOUT_SECONDS=2) on a cancel Ryng then carried out."""
     simulator.add_ryng_calls("acme", "c-1")
     simulator.set_latency("ryng", 2.5)
-    stack.send({**RYNG, "call_id": "c-1"})
+    stack.send(body or {**RYNG, "call_id": "c-1"})
     assert len(stack.run_batch().failed) == 1
     simulator.set_latency("ryng", 0)
     deadline = time.monotonic() + 10
@@ -151,6 +153,28 @@ def test_a_later_transient_failure_keeps_what_the_timeout_may_have_done(
     assert letter["failure_class"] == failure_class
     assert "earlier attempt of this request may have cancelled it" in letter["failure_reason"]
     assert letter["attempts"] == "3"
+
+
+def test_a_second_copy_of_the_request_is_told_too_that_the_first_may_have_cancelled(
+    stack: WorkerStack, simulator: ProviderSimulator
+) -> None:
+    # Given a request whose first attempt timed out on a cancel Ryng carried out, and whose retry was then
+    # dead-lettered as not_found, saying so
+    body = {**RYNG, "call_id": "c-1", "request_id": "order-7:cancel"}
+    _cancelled_after_our_timeout(stack, simulator, body)
+    stack.run_until_empty()
+
+    # When the producer sends the same request again (its own retry)
+    stack.send(body)
+    stack.run_until_empty()
+
+    # Then the second copy's dead letter says it too: the first copy's dead letter did not erase the trace
+    letters = stack.dead_letters()
+    assert [letter["failure_class"] for letter in letters] == ["not_found", "not_found"]
+    assert all(
+        "earlier attempt of this request may have cancelled it" in letter["failure_reason"] for letter in letters
+    )
+    assert simulator.cancelled("ryng") == ["c-1"]
 
 
 def test_the_idempotency_store_is_configured_before_the_first_batch(stack: WorkerStack) -> None:

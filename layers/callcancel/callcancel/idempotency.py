@@ -7,7 +7,9 @@ invocation that took it), then COMPLETED. A cancel needs two things more:
   or an attempt that failed ambiguously (a read timeout, a dropped connection), may have cancelled at the
   provider already, so "does not exist" now may be our own earlier cancel. PutItem's `ReturnValues=ALL_OLD`
   tells it at no extra cost: the replaced item was an INPROGRESS lock (or an expired COMPLETED record).
-- An ambiguous failure releases its lock instead of deleting it, so that the next attempt sees that trace.
+- An ambiguous failure releases its lock instead of deleting it, so that the next attempt sees that trace. So
+  does every failure of an attempt that took such a trace over, a final one too: the trace outlives the dead
+  letter, and a producer's second copy of the request (the same request_id) is told as well.
 """
 
 import threading
@@ -55,9 +57,11 @@ class CancelRecords(DynamoDBPersistenceLayer):
         return status in (_INPROGRESS, _COMPLETED)
 
     def delete_record(self, data: dict[str, Any], exception: Exception) -> None:
-        # A retry after an attempt that may have cancelled keeps the trace too: a 503 now does not undo
-        # what the timeout before it may have done.
-        if isinstance(exception, TransientFailure) and (exception.ambiguous or self.took_over_earlier_attempt()):
+        # A retry after an attempt that may have cancelled keeps the trace too, whatever its own failure: a 503
+        # now does not undo what the timeout before it may have done, nor does a "does not exist" that is
+        # dead-lettered saying so (the next copy of the request would otherwise find no trace).
+        ambiguous = isinstance(exception, TransientFailure) and exception.ambiguous
+        if ambiguous or self.took_over_earlier_attempt():
             self._release(data)
         else:
             super().delete_record(data, exception)
