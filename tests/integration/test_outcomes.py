@@ -134,7 +134,7 @@ def test_retries_update_the_record_and_success_clears_the_last_failure(outcomes:
     assert "http_status" not in item and "provider_message" not in item
 
 
-@pytest.mark.parametrize("final", ["cancelled", "duplicate", "deferred", "not_found", "exhausted"])
+@pytest.mark.parametrize("final", ["cancelled", "deferred", "not_found", "exhausted"])
 def test_a_retry_never_overwrites_a_final_outcome(outcomes: Outcomes, final: str) -> None:
     outcomes.recorder.record(outcome(final, message_id="m-1"))
     # Another delivery of the same request, retried (e.g. it found the first one's idempotency lock)
@@ -157,11 +157,12 @@ def test_a_redriven_dead_letter_starts_over_as_retrying(outcomes: Outcomes) -> N
     assert (outcomes.item() or {})["outcome"] == "cancelled"
 
 
-def test_a_duplicate_does_not_overwrite_cancelled(outcomes: Outcomes) -> None:
+def test_a_duplicate_does_not_overwrite_cancelled_nor_announce_it_again(outcomes: Outcomes) -> None:
     outcomes.recorder.record(outcome("cancelled", message_id="m-1"))
     outcomes.recorder.record(outcome("duplicate", message_id="m-2"))
     item = outcomes.item() or {}
     assert (item["outcome"], item["message_id"]) == ("cancelled", "m-1")
+    assert [event["detail"]["message_id"] for event in outcomes.events()] == ["m-1"]
 
 
 @pytest.mark.parametrize(
@@ -180,10 +181,21 @@ def test_nothing_but_cancelled_overwrites_cancelled(outcomes: Outcomes, later: s
     assert (item["outcome"], item["message_id"]) == ("cancelled", "m-1")
 
 
-def test_a_duplicate_is_recorded_when_nothing_says_cancelled(outcomes: Outcomes) -> None:
-    outcomes.recorder.record(outcome("duplicate", message_id="m-2"))
-    assert (outcomes.item() or {})["outcome"] == "duplicate"
-    assert outcomes.events() == [], "a duplicate is no event"
+@pytest.mark.parametrize("before", [None, "retrying"])
+def test_a_duplicate_records_and_announces_the_cancel_when_nothing_says_cancelled(
+    outcomes: Outcomes, before: str | None
+) -> None:
+    # The delivery that cancelled died (or failed to write) before its record and event
+    if before:
+        outcomes.recorder.record(outcome(before, failure=TransientFailure("503"), message_id="m-1"))
+    outcomes.recorder.record(outcome("duplicate", message_id="m-2", attempt=2))
+    item = outcomes.item() or {}
+    assert (item["outcome"], item["message_id"], item["attempts"]) == ("cancelled", "m-2", "2")
+    [event] = outcomes.events()
+    assert (event["detail-type"], event["detail"]["outcome"]) == ("Cancel Succeeded", "cancelled")
+    # A later duplicate finds it recorded: nothing more
+    outcomes.recorder.record(outcome("duplicate", message_id="m-3"))
+    assert (outcomes.item() or {})["message_id"] == "m-2" and outcomes.events() == []
 
 
 def test_a_dead_letter_is_recorded_with_the_answer_and_announced_with_its_reason(outcomes: Outcomes) -> None:

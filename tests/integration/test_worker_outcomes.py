@@ -1,6 +1,7 @@
 """The worker handler with OUTCOME_TABLE and EVENT_BUS_NAME set: for each outcome, the record and the event."""
 
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -8,11 +9,14 @@ import boto3
 import pytest
 
 from callcancel_local.embedded_aws import create_table_keyed_by_id
+from callcancel_local.lambda_runtime import LocalLambdaContext
 from callcancel_local.simulator import ProviderSimulator
 from callcancel_tools import dlq
 from callcancel_tools.cli import main
 from tests.integration.conftest import PLUM_EMAIL, PLUM_KEY, RYNG_TOKEN, PurgeStack, WorkerStack
 from tests.integration.test_worker import DEAD_LETTER_CASES, PLUM, RYNG, send_dead_letter_case
+from tests.integration.test_worker_bookkeeping import kill_when
+from tests.support import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +94,50 @@ def test_a_cancel_is_recorded_cancelled_and_a_second_delivery_does_not_undo_it(
     assert_event_follows_the_contract(event, "Cancel Succeeded", record)
     assert event["detail"]["request_id"] == "order-1:cancel"
     assert second != first
+
+
+def test_a_cancel_whose_delivery_died_before_recording_it_is_recorded_and_announced_by_the_next(
+    stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
+) -> None:
+    # Given a delivery killed after Ryng confirmed and the idempotency record completed, as it was about to write
+    # the outcome record and put the event (its second UpdateItem, and PutEvents)
+    simulator.add_ryng_calls("acme", "c-1")
+    stack.send({**RYNG, "call_id": "c-1", "request_id": "order-3:cancel"})
+    event = stack.source.receive()
+    assert event is not None
+    kill_when({**os.environ, "PYTHONPATH": str(REPO)}, event, "UpdateItem#2 PutEvents")
+    assert simulator.cancelled("ryng") == ["c-1"]
+    assert outcomes.record("order-3:cancel") is None and outcomes.events() == []
+
+    # When Lambda redelivers it: the completed idempotency record replays, with no provider call
+    record = event["Records"][0]
+    record["attributes"]["ApproximateReceiveCount"] = "2"
+    assert stack.handler({"Records": [record]}, LocalLambdaContext(timeout_seconds=60)) == {"batchItemFailures": []}
+
+    # Then the request's fate is recorded and announced all the same: cancelled, once
+    assert len(simulator.calls("ryng")) == 1
+    recorded = outcomes.record("order-3:cancel")
+    assert recorded is not None and recorded["outcome"] == "cancelled" and recorded["attempts"] == "2"
+    [announced] = outcomes.events()
+    assert_event_follows_the_contract(announced, "Cancel Succeeded", recorded)
+
+
+def test_two_copies_of_a_cancel_in_one_batch_are_announced_once(
+    stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
+) -> None:
+    simulator.add_ryng_calls("acme", "c-1")
+    copies = {stack.send({**RYNG, "call_id": "c-1", "request_id": "order-4:cancel"}) for _ in range(2)}
+
+    assert stack.run_batch().response == {"batchItemFailures": []}
+
+    # One copy cancelled; the other waited until its outcome was recorded, then replayed it: not announced again
+    assert len(simulator.calls("ryng")) == 1
+    recorded = outcomes.record("order-4:cancel")
+    assert recorded is not None and recorded["outcome"] == "cancelled" and recorded["message_id"] in copies
+    [announced] = outcomes.events()
+    assert (
+        announced["detail-type"] == "Cancel Succeeded" and announced["detail"]["message_id"] == recorded["message_id"]
+    )
 
 
 def test_a_request_without_request_id_is_recorded_under_its_message_id(

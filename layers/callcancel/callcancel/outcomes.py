@@ -65,6 +65,10 @@ class Outcome:
     provider_message: str | None = None
     failure_reason: str | None = None
     redriven: bool = False  # a dead letter sent back to CancelQueue: it starts over
+    # A duplicate delivery that replayed an earlier delivery's cancel: recorded as `cancelled`, but only where the
+    # record does not say so yet (that delivery died, or failed to write, between the provider's answer and its
+    # record), and then announced. Otherwise it changes nothing: the earlier delivery recorded and announced it.
+    replayed: bool = False
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     @classmethod
@@ -77,9 +81,14 @@ class Outcome:
     ) -> "Outcome":
         """`request` is None when the body is not a valid cancel request: what can be read of it is used."""
         fields = _request_fields(request) if request is not None else _lenient_fields(record.body)
-        if outcome == "duplicate" and request is not None and request.when == "nightly":
-            # A nightly request delivered again is still waiting for the night: its record and event say so.
-            outcome = "deferred"
+        replayed = False
+        if outcome == "duplicate" and request is not None:
+            if request.when == "nightly":
+                # A nightly request delivered again is still waiting for the night: its record and event say so.
+                outcome = "deferred"
+            else:
+                # Only a cancel the provider confirmed is replayed.
+                outcome, replayed = "cancelled", True
         return cls(
             key=fields.get("request_id") or record.message_id,
             outcome=outcome,
@@ -90,6 +99,7 @@ class Outcome:
             failure_reason=failure.reason if isinstance(failure, CancelFailure) else None,
             # The dead letter's attributes travel with it when it is redriven (callcancel dlq redrive, SQS move task).
             redriven="failure_class" in (record.message_attributes or {}),
+            replayed=replayed,
             **fields,
         )
 
@@ -184,16 +194,26 @@ class OutcomeRecorder:
 
     def record(self, outcome: Outcome) -> None:
         """Never raises: the message's fate does not depend on it."""
+        if outcome.replayed:
+            # Announced only where the record did not say `cancelled` yet: nobody has been told.
+            if self._write_or_count(outcome):
+                self._announce_or_count(outcome)
+            return
         # The record and the event are independent: put at the same time, one round trip on the record's path.
         announced = self._announcer.submit(self._announce_or_count, outcome) if self._events else None
+        self._write_or_count(outcome)
+        if announced is not None:
+            announced.result()
+
+    def _write_or_count(self, outcome: Outcome) -> bool:
+        """False when the record kept the outcome it holds (see `_condition`); True otherwise, failures included."""
         # Whatever went wrong (AWS, or a bug here), the cancel's own outcome stands.
         try:
-            self._write(outcome)
+            return self._write(outcome)
         except Exception as exc:
             _warn("outcome record not written", exc, outcome)
             count(RECORD_FAILED_METRIC)
-        if announced is not None:
-            announced.result()
+            return True
 
     def _announce_or_count(self, outcome: Outcome) -> None:
         try:
@@ -202,9 +222,9 @@ class OutcomeRecorder:
             _warn("outcome event not put", exc, outcome)
             count(EVENT_FAILED_METRIC)
 
-    def _write(self, outcome: Outcome) -> None:
+    def _write(self, outcome: Outcome) -> bool:
         if self._dynamodb is None or self._table is None:
-            return
+            return True
         values: dict[str, Any] = {
             "outcome": {"S": outcome.outcome},
             "attempts": {"N": str(outcome.attempts)},
@@ -242,6 +262,8 @@ class OutcomeRecorder:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             logger.info("outcome record kept: it holds a final outcome", extra={"outcome": outcome.outcome})
+            return False
+        return True
 
     def _announce(self, outcome: Outcome) -> None:
         detail_type = CANCEL_FAILED if outcome.failed else DETAIL_TYPES.get(outcome.outcome)
@@ -276,7 +298,7 @@ class EventRefused(Exception):
 
 def _condition(outcome: Outcome) -> tuple[str | None, dict[str, Any]]:
     """When this outcome may replace the one recorded (DESIGN.md): `None` is always."""
-    if outcome.outcome == "cancelled":
+    if outcome.outcome == "cancelled" and not outcome.replayed:
         return None, {}
     if outcome.outcome != RETRYING:
         # Nothing hides that a request was cancelled: not a later duplicate (the contract), nor the same

@@ -151,8 +151,15 @@ class CancelWorker:
             logger.thread_safe_clear_keys()
 
     def _carry_out(self, record: SQSRecord, request: RyngCancel | PlumCancel, attempt: int) -> str:
+        key = request.request_id or record.message_id
+        # Two records of one batch with one key: the second waits here for the first, its outcome recorded, then
+        # replays it, instead of meeting its lock in the table and waiting for the lock to expire.
+        with self._keys.hold(key):
+            return self._carry_out_held(record, request, attempt, key)
+
+    def _carry_out_held(self, record: SQSRecord, request: RyngCancel | PlumCancel, attempt: int, key: str) -> str:
         try:
-            outcome = self._cancel_or_defer(request, key=request.request_id or record.message_id, body=record.body)
+            outcome = self._cancel_or_defer(request, key=key, body=record.body)
         except CancelFailure as failure:
             return self._dead_letter(record, failure, attempt, request)
         except TransientFailure as failure:
@@ -181,10 +188,7 @@ class CancelWorker:
             return self._defer(request, key, body)
         attempt = Attempt()
         try:
-            # Two records of one batch with one key: the second waits here for the first, then replays it,
-            # instead of meeting its lock in the table and waiting for the lock to expire.
-            with self._keys.hold(key):
-                result = self._cancel_once(job=CancelJob(key=key, request=request), attempt=attempt)
+            result = self._cancel_once(job=CancelJob(key=key, request=request), attempt=attempt)
         except Exception as exc:
             if attempt.confirmed:
                 # The provider cancelled it; only our own record of that failed. Acked: a redelivery would
