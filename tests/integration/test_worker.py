@@ -395,3 +395,21 @@ def test_no_credential_appears_in_logs_or_dead_letters(
     assert all(log["correlation_id"] and log["service"] == "callcancel" for log in outcomes)
     assert not any("Records" in json.dumps(log) for log in logs)
     assert {letter["failure_class"] for letter in stack.dead_letters()} == {"auth", "config", "not_found"}
+
+
+def test_a_batch_counts_its_outcomes_in_one_data_point_per_provider_and_outcome(
+    stack: WorkerStack, simulator: ProviderSimulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    simulator.add_ryng_calls("acme", "c-1", "c-2", "c-3")
+    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1")
+    for body in ({**RYNG, "call_id": "c-1"}, {**RYNG, "call_id": "c-2"}, {**RYNG, "call_id": "c-3"}, PLUM):
+        stack.send(body)
+    stack.send({**RYNG, "call_id": "ghost"})
+    capsys.readouterr()
+
+    stack.run_batch()
+
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"Outcome"' in line]
+    points = sorted((line["provider"], line["outcome"], line["Outcome"]) for line in lines)
+    # One log line each, where a line per record would be five: CloudWatch sums them the same
+    assert points == [("plum", "cancelled", [1.0]), ("ryng", "cancelled", [3.0]), ("ryng", "not_found", [1.0])]

@@ -1,6 +1,8 @@
 """Powertools logger, tracer and metrics, shared by the handlers and the package."""
 
 import os
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -73,9 +75,26 @@ def count(name: str, value: float = 1, **dimensions: str) -> None:
             metric.add_dimension(name=dimension, value=dimension_value)
 
 
-def count_outcome(provider: str, outcome: str) -> None:
-    """One `Outcome` data point per record, by provider and outcome class (cancelled, auth, retry...)."""
-    count("Outcome", provider=provider, outcome=outcome)
+class OutcomeCounts:
+    """The `Outcome` metric of one batch, by provider and outcome class (cancelled, auth, retry...).
+
+    Records add to it as they end; `flush` writes one data point per provider and outcome, so a batch of ten
+    cancels is one log line, not ten (CloudWatch sums the same). Thread-safe: the records of a batch run at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def add(self, provider: str, outcome: str) -> None:
+        with self._lock:
+            self._counts[provider, outcome] += 1
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+        for (provider, outcome), n in sorted(counts.items()):
+            count("Outcome", n, provider=provider, outcome=outcome)
 
 
 def count_records(records: int) -> None:

@@ -29,7 +29,7 @@ from callcancel.deferred import DeferredItem, DeferredStore, iso_utc
 from callcancel.errors import MAY_HAVE_CANCELLED, CancelFailure, ConfigError, InvalidRequest, NotFound, TransientFailure
 from callcancel.idempotency import CancelRecords, KeyLocks, lock_expires_in
 from callcancel.models import PlumCancel, RyngCancel, parse_cancel_request
-from callcancel.observability import count, count_outcome, count_records, logger
+from callcancel.observability import OutcomeCounts, count, count_records, logger
 from callcancel.outcomes import Outcome, OutcomeRecorder
 from callcancel.providers import PROVIDERS, provider_session
 from callcancel.queues import WorkerQueues
@@ -89,6 +89,7 @@ class CancelWorker:
         self._idempotency: IdempotencyConfig | None = None
         self._records: CancelRecords | None = None
         self._keys = KeyLocks()
+        self._counts = OutcomeCounts()  # this batch's, flushed when it ends
         self._cancel_once = self._cancel
         if idempotency_table:
             self._records = CancelRecords(idempotency_table)
@@ -118,7 +119,10 @@ class CancelWorker:
             # Lets Powertools expire an in-progress lock when this invocation times out.
             self._idempotency.register_lambda_context(context)
         count_records(len(event.get("Records", [])))
-        return dict(async_process_partial_response(event, self._handle_record, self._processor, context))
+        try:
+            return dict(async_process_partial_response(event, self._handle_record, self._processor, context))
+        finally:
+            self._counts.flush()
 
     async def _handle_record(self, record: SQSRecord, lambda_context: LambdaContext) -> str:
         loop = asyncio.get_running_loop()
@@ -173,11 +177,11 @@ class CancelWorker:
                 retry_after=failure.retry_after,
             )
             self._queues.delay(record, delay)
-            count_outcome(request.provider, "retry")
+            self._counts.add(request.provider, "retry")
             self._outcomes.record(Outcome.of(record, request, "retrying", failure))
             logger.info("will retry", extra={"reason": failure.reason, "delay_seconds": delay})
             raise RetryLater(failure.reason) from None
-        count_outcome(request.provider, outcome)
+        self._counts.add(request.provider, outcome)
         logger.info(outcome)
         self._outcomes.record(Outcome.of(record, request, outcome))
         return outcome
@@ -235,7 +239,7 @@ class CancelWorker:
         self, record: SQSRecord, failure: CancelFailure, attempt: int, request: RyngCancel | PlumCancel | None
     ) -> str:
         self._queues.dead_letter(DeadLetter(record.body, failure, attempt, record.message_id))
-        count_outcome(request.provider if request else "unknown", failure.failure_class)
+        self._counts.add(request.provider if request else "unknown", failure.failure_class)
         logger.warning(
             "dead-lettered",
             extra={
