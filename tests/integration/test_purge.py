@@ -11,6 +11,7 @@ from botocore.exceptions import ClientError
 
 from callcancel.deferred import iso_utc
 from callcancel.errors import InvalidPurgePlan, PurgeError, PurgeIncomplete
+from callcancel_local.embedded_aws import create_table_keyed_by_id
 from callcancel_local.lambda_runtime import LocalLambdaContext
 from callcancel_local.simulator import ProviderSimulator
 from tests.integration.conftest import PLUM_EMAIL, PURGE_PLAN_PARAMETER, PurgeStack, WorkerStack
@@ -258,6 +259,59 @@ def test_a_request_enqueued_but_not_removed_is_not_sent_again_the_next_night(
     assert result["total"] == 0
     assert result["deferred_already_enqueued"] == 1
     assert purge.deferred_ids() == set()
+
+
+def test_a_request_sent_but_never_marked_is_not_sent_again_once_the_worker_received_it(
+    purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the worker's outcome records, and a Plum deployment deferred long ago
+    create_table_keyed_by_id("outcomes")
+    monkeypatch.setenv("OUTCOME_TABLE", "outcomes")
+    simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1", pending=2)
+    plum = {"provider": "plum", "account": "acme", "application_id": "app1", "deployment_id": "dep1"}
+    purge.defer([deferred_item("d-1", {**plum, "when": "nightly"})])
+    make_api_call = BaseClient._make_api_call
+
+    def marks_fail(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if operation == "BatchWriteItem" and not is_delete(operation, params):
+            raise throttled(operation)
+        return make_api_call(client, operation, params)
+
+    # And a night whose purge sends it, but whose every run fails to mark it enqueued
+    with monkeypatch.context() as night_one:
+        night_one.setattr(BaseClient, "_make_api_call", marks_fail)
+        with pytest.raises(PurgeError, match="ThrottlingException"):
+            purge.run({"time": "2026-11-23T20:30:00Z"})
+    stack.run_until_empty()
+    assert simulator.cancelled("plum") == ["app1/dep1"]
+    # And a second deferral, left over too, that no run has sent yet
+    purge.defer([deferred_item("d-2", {**RYNG, "call_id": "c-2", "when": "nightly"})])
+    simulator.add_ryng_calls("acme", "c-2")
+
+    # When the worker's idempotency records have expired, and the next night's purge runs
+    forget_idempotency(purge)
+    result = purge.run({"time": "2026-11-24T20:30:00Z"})
+    stack.run_until_empty()
+
+    # Then the first is not sent again: its outcome record says the worker received it. Plum's deployment-wide
+    # cancel is not repeated (it would cancel the calls placed since). The second is sent, as it must be.
+    assert [call.target for call in simulator.calls("plum")] == ["app1/dep1"]
+    assert simulator.cancelled("ryng") == ["c-2"]
+    assert (result["deferred_already_received"], result["deferred_enqueued"]) == (1, 1)
+    assert stack.dead_letters() == []
+    assert purge.deferred_ids() == set()
+
+
+def test_recent_deferrals_are_sent_without_reading_their_outcome_records(
+    purge: PurgeStack, monkeypatch: pytest.MonkeyPatch, aws_calls: list[str]
+) -> None:
+    create_table_keyed_by_id("outcomes")
+    monkeypatch.setenv("OUTCOME_TABLE", "outcomes")
+    recently = iso_utc(datetime.now(UTC) - timedelta(hours=2))
+    purge.defer([deferred_item("d-1", {**RYNG, "call_id": "c-1", "when": "nightly"}, deferred_at=recently)])
+
+    assert purge.run()["deferred_enqueued"] == 1
+    assert "BatchGetItem" not in aws_calls
 
 
 class Died(BaseException):

@@ -382,6 +382,7 @@ def test_purge_environment_names_the_plan_queue_and_table(resources: dict[str, A
         "PURGE_PLAN_PARAMETER": {"Ref": "PurgePlan"},
         "CANCEL_QUEUE_URL": {"Ref": "CancelQueue"},
         "DEFERRED_TABLE": {"Ref": "DeferredTable"},
+        "OUTCOME_TABLE": {"Ref": "OutcomeTable"},
     }
     assert purge["Layers"] == [{"Ref": "CallcancelLayer"}]
     assert props(resources, "PurgePlan")["Value"] == '{"targets": []}'
@@ -412,6 +413,7 @@ def test_purge_role_is_its_own_and_least_privilege(
         ("sqs:SendMessage", str(arn_of("PurgeFailures"))),
         ("dynamodb:Scan", str(arn_of("DeferredTable"))),
         ("dynamodb:BatchWriteItem", str(arn_of("DeferredTable"))),
+        ("dynamodb:BatchGetItem", str(arn_of("OutcomeTable"))),
     }
 
 

@@ -9,11 +9,12 @@ import functools
 import hashlib
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import boto3
@@ -37,6 +38,7 @@ from callcancel.observability import count, logger, metrics
 from callcancel.settings import PurgeSettings
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
     from mypy_boto3_sqs.type_defs import BatchResultErrorEntryTypeDef
 
@@ -44,6 +46,9 @@ SQS_BATCH = 10
 SEND_ATTEMPTS = 3
 # Requests per unit of work: 5 SendMessageBatch calls, then 2 BatchWriteItem marks and 2 deletes (10 and 25 a call).
 CHUNK = 50
+# A deferral older than this when a run starts may have been sent by an earlier run whose worker idempotency
+# record (24 h) has expired since: its outcome record is read before it is sent (LeftoverCheck). An hour's margin.
+LEFTOVER_AGE = timedelta(hours=23)
 
 
 class Clock(Protocol):
@@ -110,6 +115,9 @@ class PurgeResult:
     deferred_enqueued: int = 0
     # Marked as enqueued by an earlier run that could not delete them: removed, not sent again.
     deferred_already_enqueued: int = 0
+    # Left over from an earlier night, unmarked, but the worker has received them (their outcome records say so):
+    # removed, not sent again.
+    deferred_already_received: int = 0
     # Entries SQS refused after retries: left as they were (deferred ones stay in the table).
     refused: int = 0
 
@@ -117,6 +125,7 @@ class PurgeResult:
         self.enqueued.update(other.enqueued)
         self.deferred_enqueued += other.deferred_enqueued
         self.deferred_already_enqueued += other.deferred_already_enqueued
+        self.deferred_already_received += other.deferred_already_received
         self.refused += other.refused
 
     def as_dict(self) -> dict[str, Any]:
@@ -125,7 +134,49 @@ class PurgeResult:
             "total": sum(self.enqueued.values()),
             "deferred_enqueued": self.deferred_enqueued,
             "deferred_already_enqueued": self.deferred_already_enqueued,
+            "deferred_already_received": self.deferred_already_received,
         }
+
+
+class LeftoverCheck:
+    """Which deferred requests the worker has already received, read from their outcome records (`OUTCOME_TABLE`).
+
+    A record that says anything but `deferred` (cancelled, retrying, a dead-letter class) means the request was
+    on CancelQueue before: sending it again, once the worker's 24 h idempotency record has expired, would make a
+    second provider call (for Plum, one that cancels calls placed since).
+    """
+
+    BATCH = 100  # keys per BatchGetItem
+    ROUNDS = 5  # reads of the keys DynamoDB left unprocessed, before the run fails
+
+    def __init__(self, client: "DynamoDBClient", table: str) -> None:
+        self._client = client
+        self._table = table
+
+    def received(self, keys: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        for start in range(0, len(keys), self.BATCH):
+            wanted: Any = {
+                self._table: {
+                    "Keys": [{"id": {"S": key}} for key in keys[start : start + self.BATCH]],
+                    "ProjectionExpression": "#id, #outcome",
+                    "ExpressionAttributeNames": {"#id": "id", "#outcome": "outcome"},
+                }
+            }
+            for round_ in range(self.ROUNDS):
+                if round_:
+                    time.sleep(0.05 * 2 ** (round_ - 1))  # DynamoDB left keys unread: it is throttling us
+                answer = self._client.batch_get_item(RequestItems=wanted)
+                for item in answer.get("Responses", {}).get(self._table, []):
+                    if item.get("outcome", {}).get("S") not in (None, "deferred"):
+                        found.add(item["id"]["S"])
+                wanted = answer.get("UnprocessedKeys") or {}
+                if not wanted:
+                    break
+            else:
+                # Unread, they are not sent: the run fails, and its retry reads them again.
+                raise PurgeError(f"outcome records of {len(wanted[self._table]['Keys'])} deferred requests unread")
+        return found
 
 
 @dataclass(frozen=True)
@@ -218,9 +269,9 @@ class NightlyPurge:
     - before the send: the items untouched; the next run sends them.
     - between the send and the mark: unmarked items, which the next run sends again. A rerun of the same night
       (the retries of Lambda and Scheduler come within the hour; so does a run that stopped for time) reuses
-      each deferral's request_id, which the worker's 24 h idempotency dedupes. Only when no run succeeds that
-      night does the next night send them again, after the record has expired: the one double this order
-      allows, and it follows a failed run that PurgeFailures has alarmed on.
+      each deferral's request_id, which the worker's 24 h idempotency dedupes. When no run succeeds that night,
+      the next night finds them older than LEFTOVER_AGE and reads their outcome records first (`OUTCOME_TABLE`):
+      those the worker has received are deleted, not sent again after their idempotency record has expired.
     - between the mark and the delete (or a failed delete): marked items, which any later run deletes without
       sending them again.
 
@@ -236,12 +287,15 @@ class NightlyPurge:
         enqueuer: Enqueuer,
         deferred: DeferredStore | None,
         executor: ThreadPoolExecutor,
+        *,
+        leftovers: LeftoverCheck | None = None,
     ) -> None:
         self._settings = settings
         self._plan = plan
         self._enqueuer = enqueuer
         self._deferred = deferred
         self._executor = executor
+        self._leftovers = leftovers
 
     def run(self, event: dict[str, Any], context: Clock | None = None, now: datetime | None = None) -> dict[str, Any]:
         started = now or datetime.now(UTC)
@@ -294,7 +348,8 @@ class NightlyPurge:
                 if should_stop():
                     return True
                 chunk = page[start : start + CHUNK]
-                pipeline.submit(functools.partial(self._drain_chunk, store, chunk, purge_date))
+                leftover_before = iso_utc(started - LEFTOVER_AGE)
+                pipeline.submit(functools.partial(self._drain_chunk, store, chunk, purge_date, leftover_before))
         return False
 
     def _send_planned(self, messages: Sequence[Outgoing]) -> PurgeResult:
@@ -302,19 +357,25 @@ class NightlyPurge:
         self._log_refused(len(messages) - len(accepted), codes)
         return PurgeResult(enqueued=Counter(m.provider for m in accepted), refused=len(messages) - len(accepted))
 
-    def _drain_chunk(self, store: DeferredStore, chunk: Sequence[DeferredItem], purge_date: date) -> PurgeResult:
+    def _drain_chunk(
+        self, store: DeferredStore, chunk: Sequence[DeferredItem], purge_date: date, leftover_before: str
+    ) -> PurgeResult:
         """Send, mark, delete: the order the class docstring reasons about."""
-        fresh = [self._deferred_message(item) for item in chunk if item.enqueued_on is None]
+        unmarked = [item for item in chunk if item.enqueued_on is None]
         already = [item for item in chunk if item.enqueued_on is not None]
+        leftovers = [item.id for item in unmarked if item.deferred_at < leftover_before]
+        received = self._leftovers.received(leftovers) if self._leftovers and leftovers else set()
+        fresh = [self._deferred_message(item) for item in unmarked if item.id not in received]
         accepted, codes = self._enqueuer.send(fresh)
         self._log_refused(len(fresh) - len(accepted), codes)
         sent = [m.item for m in accepted if m.item is not None]
         store.mark_enqueued(sent, purge_date)
-        store.delete([item.id for item in [*sent, *already]])
+        store.delete([item.id for item in [*sent, *already]] + sorted(received))
         return PurgeResult(
             enqueued=Counter(m.provider for m in accepted),
             deferred_enqueued=len(sent),
             deferred_already_enqueued=len(already),
+            deferred_already_received=len(received),
             refused=len(fresh) - len(accepted),
         )
 
@@ -383,4 +444,9 @@ def purge_for(settings: PurgeSettings) -> NightlyPurge:
         SSMProvider(boto3_client=boto3.client("ssm")), settings.purge_plan_parameter, settings.plan_max_age_seconds
     )
     executor = ThreadPoolExecutor(max_workers=settings.max_in_flight, thread_name_prefix="purge")
-    return NightlyPurge(settings, plan, enqueuer, deferred, executor)
+    leftovers = (
+        LeftoverCheck(boto3.client("dynamodb", config=config), settings.outcome_table)
+        if settings.outcome_table and deferred
+        else None
+    )
+    return NightlyPurge(settings, plan, enqueuer, deferred, executor, leftovers=leftovers)

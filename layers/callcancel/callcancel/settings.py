@@ -55,6 +55,9 @@ class PurgeSettings(_EnvSettings):
     purge_plan_parameter: str = Field(min_length=1)
     cancel_queue_url: str = Field(min_length=1)
     deferred_table: str | None = None
+    # The worker's outcome records: a deferral left over from an earlier night is not sent again once the worker
+    # has received it (see NightlyPurge). Unset: no such check.
+    outcome_table: str | None = None
     plan_max_age_seconds: int = Field(60, ge=0)
     # Units of work (chunks of 50 requests) in flight at once, each one AWS call at a time.
     max_in_flight: int = Field(16, ge=1, le=64)
