@@ -245,6 +245,8 @@ class RunRecord:
     outputs: dict[str, str]  # name -> text of everything the run wrote (worker logs, handler errors)
     credentials: Credentials
     metrics: Counter[str] = field(default_factory=Counter)
+    # The outcome table at the end: request key -> `outcome` (None: the table was not read)
+    outcome_records: dict[str, str] | None = None
     rotated_at: float | None = None
     invocations: int = 0
     cold_starts: int = 0
@@ -348,6 +350,7 @@ class _Soak:
             outputs=outputs,
             credentials=self.credentials,
             metrics=_outcomes(outputs.values()),
+            outcome_records=_outcome_records(self.stack.outputs["OutcomeTableName"]),
             rotated_at=self.rotated_at,
             invocations=self.runner.stats.invocations,
             cold_starts=self.runner.stats.cold_starts,
@@ -355,8 +358,15 @@ class _Soak:
         )
 
 
+def _outcome_records(table: str) -> dict[str, str]:
+    """Every outcome record's `outcome`, by request key (read directly, not through the fault proxy)."""
+    pages = boto3.client("dynamodb").get_paginator("scan").paginate(TableName=table, ConsistentRead=True)
+    return {item["id"]["S"]: item["outcome"]["S"] for page in pages for item in page["Items"]}
+
+
 def _outcomes(logs: Iterable[str]) -> Counter[str]:
-    """The worker's Outcome metric by outcome, read from its EMF lines as CloudWatch would."""
+    """The worker's Outcome metric by outcome, and its failed outcome writes, read from its EMF lines as
+    CloudWatch would."""
     emf = FunctionOutput()
     for text in logs:
         emf.write(text + "\n")
@@ -364,6 +374,8 @@ def _outcomes(logs: Iterable[str]) -> Counter[str]:
     for (name, dimensions), value in emf.metrics.items():
         if name == "Outcome":
             outcomes[dict(dimensions).get("outcome", "?")] += int(value)
+        elif name in ("OutcomeRecordFailed", "OutcomeEventFailed"):
+            outcomes[name] += int(value)
     return outcomes
 
 
@@ -411,6 +423,9 @@ class Verdict:
     duplicate_letters: int = 0
     lost_examples: list[str] = field(default_factory=list)
     false_alarm_examples: list[str] = field(default_factory=list)
+    # Request keys whose outcome record does not tell their fate: "expected->recorded"
+    outcomes_wrong: Counter[str] = field(default_factory=Counter)
+    outcomes_wrong_examples: list[str] = field(default_factory=list)
     leaks: Counter[str] = field(default_factory=Counter)  # where -> occurrences
     calls_after_unseen_success: int = 0
 
@@ -418,7 +433,8 @@ class Verdict:
         return (
             f"requests={self.requests} cancelled={self.cancelled} dead_lettered={self.dead_lettered}"
             f" lost={self.lost} double_calls={self.double_calls} window_crashes={self.window_crashes}"
-            f" ambiguous={self.ambiguous} leaked_credentials={self.leaked_credentials} seconds={seconds:.0f}"
+            f" ambiguous={self.ambiguous} leaked_credentials={self.leaked_credentials}"
+            f" outcomes_wrong={sum(self.outcomes_wrong.values())} seconds={seconds:.0f}"
         )
 
 
@@ -439,7 +455,36 @@ def judge(record: RunRecord) -> Verdict:
         _judge_request(request, message_id, letters.get(message_id), record, verdict)
     _judge_calls(record, verdict)
     _judge_leaks(record, verdict)
+    if record.outcome_records is not None:
+        _judge_outcome_records(record, record.outcome_records, letters, verdict)
     return verdict
+
+
+def _judge_outcome_records(
+    record: RunRecord, recorded: dict[str, str], letters: dict[str, dict[str, Any]], verdict: Verdict
+) -> None:
+    """Each request key's outcome record against its fate: `cancelled` if the provider cancelled it, else the
+    class it was dead-lettered with. A dead letter saying an earlier attempt may have cancelled it may keep its
+    class: the worker could not know. Repeats of one request share its key."""
+    fates: dict[str, set[str]] = defaultdict(set)
+    acceptable: dict[str, set[str]] = defaultdict(set)
+    for request, message_id in zip(record.requests, record.message_ids, strict=True):
+        key = request.request_id or message_id
+        letter = letters.get(message_id)
+        if (request.provider, request.target) in record.sim_cancelled:
+            fates[key].add("cancelled")
+            if letter is not None and MAY_HAVE_CANCELLED.search(letter.get("failure_reason", "")):
+                acceptable[key].add(letter.get("failure_class", "unclassified"))
+        elif letter is not None:
+            fates[key].add(letter.get("failure_class", "unclassified"))
+    for key, fate in sorted(fates.items()):
+        expected = "cancelled" if "cancelled" in fate else "/".join(sorted(fate))
+        outcome = recorded.get(key, "none")
+        if outcome == expected or outcome in fate | acceptable[key] or "unclassified" in fate:
+            continue  # a message the redrive policy moved (killed every time) never reached a worker's end
+        verdict.outcomes_wrong[f"{expected}->{outcome}"] += 1
+        if len(verdict.outcomes_wrong_examples) < 5:
+            verdict.outcomes_wrong_examples.append(f"{key}: {expected}, recorded {outcome}")
 
 
 def _letters_by_source(record: RunRecord, verdict: Verdict) -> dict[str, dict[str, Any]]:
@@ -643,6 +688,14 @@ def details(record: RunRecord, verdict: Verdict) -> list[str]:
         )
     lines.extend(f"LOST {example}" for example in verdict.lost_examples)
     lines.extend(f"FALSE ALARM {example}" for example in verdict.false_alarm_examples)
+    if verdict.outcomes_wrong:
+        failed = record.metrics.get("OutcomeRecordFailed", 0)
+        lines.append(
+            "FOUND outcome records that do not tell the request's fate (expected->recorded): "
+            + " ".join(f"{k}={n}" for k, n in sorted(verdict.outcomes_wrong.items()))
+            + f"; outcome record writes that failed (OutcomeRecordFailed): {failed}"
+        )
+        lines.extend(f"OUTCOME {example}" for example in verdict.outcomes_wrong_examples)
     return lines
 
 
@@ -672,7 +725,9 @@ def main() -> int:
         verdict.leaked_credentials += sum(text.count(value) for text in lines)
     print("\n".join(lines))
     print(verdict.summary(time.monotonic() - started))
-    return 1 if verdict.lost or verdict.leaked_credentials else 0
+    # An outcome record may be wrong only where its write failed, which the worker counted.
+    wrong_records = sum(verdict.outcomes_wrong.values()) > record.metrics.get("OutcomeRecordFailed", 0)
+    return 1 if verdict.lost or verdict.leaked_credentials or wrong_records else 0
 
 
 if __name__ == "__main__":

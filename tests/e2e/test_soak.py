@@ -77,3 +77,12 @@ def test_a_second_provider_call_follows_only_a_crash_before_the_record_completed
     _, verdict = soak
 
     assert verdict.unexplained_double_calls == []
+
+
+def test_every_requests_outcome_record_tells_its_fate(soak: tuple[RunRecord, Verdict]) -> None:
+    record, verdict = soak
+    assert record.outcome_records, "the outcome table was read"
+    # Outcome records are best-effort: one may be wrong only where its write failed, and the worker counted it.
+    assert sum(verdict.outcomes_wrong.values()) <= record.metrics.get("OutcomeRecordFailed", 0), (
+        verdict.outcomes_wrong_examples
+    )

@@ -167,3 +167,27 @@ def test_a_credential_anywhere_in_the_output_is_a_leak() -> None:
 
     assert verdict.leaked_credentials == 3
     assert verdict.leaks == {"worker-0.log": 2, "dead letters": 1}
+
+
+def test_outcome_records_are_judged_against_each_request_keys_fate() -> None:
+    cancelled, repeated = ryng("c1", request_id="order-1"), ryng("c2", request_id="order-2")
+    dead, ambiguous, lost_record = ryng("c3", expect="not_found"), ryng("c4"), ryng("c5")
+    requests = [cancelled, repeated, repeated, dead, ambiguous, lost_record]
+    letters = [
+        {"message_id": "d3", "source_message_id": "m3", "failure_class": "not_found", "failure_reason": "no such"},
+        {
+            "message_id": "d4",
+            "source_message_id": "m4",
+            "failure_class": "not_found",
+            "failure_reason": "Call ID does not exist; an earlier attempt of this request may have cancelled it",
+        },
+    ]
+    recorded = {"order-1": "cancelled", "order-2": "duplicate", "m3": "not_found", "m4": "not_found"}
+    sim_cancelled = {("ryng", "c1"), ("ryng", "c2"), ("ryng", "c4"), ("ryng", "c5")}
+
+    verdict = judge(record(requests, sim_cancelled=sim_cancelled, letters=letters, outcome_records=recorded))
+
+    # order-2 was cancelled but its record says duplicate; c5's record is missing. The ambiguous one may say
+    # not_found: the worker could not know that its earlier attempt had cancelled it.
+    assert verdict.outcomes_wrong == {"cancelled->duplicate": 1, "cancelled->none": 1}
+    assert verdict.outcomes_wrong_examples == ["m5: cancelled, recorded none", "order-2: cancelled, recorded duplicate"]
