@@ -346,10 +346,11 @@ def bench_batches(bench: Bench) -> tuple[list[Figure], Usage, Usage]:
     ):
         print(f"  {label:58} {seconds * 1000:5.0f} ms   ratio {seconds / LATENCY:.2f}")
     # A record's AWS calls follow one another: the lock, then the provider call, then the completion, then the
-    # outcome record and its event (together). The batch waits for those three round trips, whatever we do.
+    # outcome event, then the outcome record (which says the event went out). The batch waits for those four.
     print(
-        f"  AWS's round trips in sequence (lock, completion, outcome record and event) add {(model - ours) * 1000:.0f}"
-        f" ms; idempotency and outcomes cost {(ours - alone) * 1000:.0f} ms of our own time;"
+        "  AWS's round trips in sequence (lock, completion, outcome event, outcome record) add"
+        f" {(model - ours) * 1000:.0f} ms; idempotency and outcomes cost {(ours - alone) * 1000:.0f} ms of our own"
+        " time;"
         f" moto adds {(batch - model) * 1000:.0f} ms (it serves one request at a time)"
     )
     print(

@@ -247,6 +247,8 @@ class RunRecord:
     metrics: Counter[str] = field(default_factory=Counter)
     # The outcome table at the end: request key -> `outcome` (None: the table was not read)
     outcome_records: dict[str, str] | None = None
+    # The outcome events put on the stack's bus: request key -> their detail types (None: not subscribed)
+    announced: dict[str, set[str]] | None = None
     rotated_at: float | None = None
     invocations: int = 0
     cold_starts: int = 0
@@ -278,6 +280,7 @@ class _Soak:
         self, config: SoakConfig, stack: DeployedStack, simulator: ProviderSimulator, aws_url: str, log_dir: Path
     ) -> None:
         self.config, self.stack, self.simulator = config, stack, simulator
+        self.events_queue_url = _subscribe_to_final_outcomes(stack.outputs["EventBusName"])
         self.credentials = Credentials()
         seed_accounts(simulator, self.credentials)
         self.requests = scenario(simulator, config)
@@ -351,11 +354,31 @@ class _Soak:
             credentials=self.credentials,
             metrics=_outcomes(outputs.values()),
             outcome_records=_outcome_records(self.stack.outputs["OutcomeTableName"]),
+            announced=_announced(self.events_queue_url),
             rotated_at=self.rotated_at,
             invocations=self.runner.stats.invocations,
             cold_starts=self.runner.stats.cold_starts,
             drained=self.drained,
         )
+
+
+def _subscribe_to_final_outcomes(bus: str) -> str:
+    """A queue that an ordinary rule on the stack's bus copies every final outcome event to, as a producer's would."""
+    sqs, events = boto3.client("sqs"), boto3.client("events")
+    queue_url = sqs.create_queue(QueueName="soak-outcome-events")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    pattern = {"source": ["callcancel"], "detail-type": ["Cancel Succeeded", "Cancel Failed"]}
+    events.put_rule(Name="soak-final-outcomes", EventBusName=bus, EventPattern=json.dumps(pattern))
+    events.put_targets(Rule="soak-final-outcomes", EventBusName=bus, Targets=[{"Id": "soak", "Arn": arn}])
+    return queue_url
+
+
+def _announced(queue_url: str) -> dict[str, set[str]]:
+    announced: dict[str, set[str]] = defaultdict(set)
+    for message in drain_queue(queue_url):
+        event = json.loads(message["body"])
+        announced[event["detail"]["request_key"]].add(event["detail-type"])
+    return dict(announced)
 
 
 def _outcome_records(table: str) -> dict[str, str]:
@@ -426,6 +449,9 @@ class Verdict:
     # Request keys whose outcome record does not tell their fate: "expected->recorded"
     outcomes_wrong: Counter[str] = field(default_factory=Counter)
     outcomes_wrong_examples: list[str] = field(default_factory=list)
+    # Request keys whose fate was not announced: the detail type expected -> how many
+    announcements_missing: Counter[str] = field(default_factory=Counter)
+    announcements_missing_examples: list[str] = field(default_factory=list)
     leaks: Counter[str] = field(default_factory=Counter)  # where -> occurrences
     calls_after_unseen_success: int = 0
 
@@ -434,7 +460,8 @@ class Verdict:
             f"requests={self.requests} cancelled={self.cancelled} dead_lettered={self.dead_lettered}"
             f" lost={self.lost} double_calls={self.double_calls} window_crashes={self.window_crashes}"
             f" ambiguous={self.ambiguous} leaked_credentials={self.leaked_credentials}"
-            f" outcomes_wrong={sum(self.outcomes_wrong.values())} seconds={seconds:.0f}"
+            f" outcomes_wrong={sum(self.outcomes_wrong.values())}"
+            f" announcements_missing={sum(self.announcements_missing.values())} seconds={seconds:.0f}"
         )
 
 
@@ -457,15 +484,15 @@ def judge(record: RunRecord) -> Verdict:
     _judge_leaks(record, verdict)
     if record.outcome_records is not None:
         _judge_outcome_records(record, record.outcome_records, letters, verdict)
+    if record.announced is not None:
+        _judge_announcements(record, record.announced, letters, verdict)
     return verdict
 
 
-def _judge_outcome_records(
-    record: RunRecord, recorded: dict[str, str], letters: dict[str, dict[str, Any]], verdict: Verdict
-) -> None:
-    """Each request key's outcome record against its fate: `cancelled` if the provider cancelled it, else the
-    class it was dead-lettered with. A dead letter saying an earlier attempt may have cancelled it may keep its
-    class: the worker could not know. Repeats of one request share its key."""
+def _fates(record: RunRecord, letters: dict[str, dict[str, Any]]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Per request key: its fates (`cancelled` if the provider cancelled it, else the classes it was dead-lettered
+    with), and the classes a dead letter may also show because it said an earlier attempt may have cancelled it
+    (the worker could not know). Repeats of one request share its key."""
     fates: dict[str, set[str]] = defaultdict(set)
     acceptable: dict[str, set[str]] = defaultdict(set)
     for request, message_id in zip(record.requests, record.message_ids, strict=True):
@@ -477,6 +504,32 @@ def _judge_outcome_records(
                 acceptable[key].add(letter.get("failure_class", "unclassified"))
         elif letter is not None:
             fates[key].add(letter.get("failure_class", "unclassified"))
+    return fates, acceptable
+
+
+def _judge_announcements(
+    record: RunRecord, announced: dict[str, set[str]], letters: dict[str, dict[str, Any]], verdict: Verdict
+) -> None:
+    """Each request key's fate against the events put for it: `Cancel Succeeded`, or `Cancel Failed`."""
+    fates, acceptable = _fates(record, letters)
+    for key, fate in sorted(fates.items()):
+        if "unclassified" in fate:
+            continue  # moved by the redrive policy: no worker ever ended it
+        expected = {"Cancel Succeeded"} if "cancelled" in fate else {"Cancel Failed"}
+        if acceptable[key]:
+            expected.add("Cancel Failed")
+        if not expected & announced.get(key, set()):
+            wanted = " or ".join(sorted(expected))
+            verdict.announcements_missing[wanted] += 1
+            if len(verdict.announcements_missing_examples) < 5:
+                verdict.announcements_missing_examples.append(f"{key}: {wanted}, got {sorted(announced.get(key, []))}")
+
+
+def _judge_outcome_records(
+    record: RunRecord, recorded: dict[str, str], letters: dict[str, dict[str, Any]], verdict: Verdict
+) -> None:
+    """Each request key's outcome record against its fate (see `_fates`)."""
+    fates, acceptable = _fates(record, letters)
     for key, fate in sorted(fates.items()):
         expected = "cancelled" if "cancelled" in fate else "/".join(sorted(fate))
         outcome = recorded.get(key, "none")
@@ -696,6 +749,14 @@ def details(record: RunRecord, verdict: Verdict) -> list[str]:
             + f"; outcome record writes that failed (OutcomeRecordFailed): {failed}"
         )
         lines.extend(f"OUTCOME {example}" for example in verdict.outcomes_wrong_examples)
+    if verdict.announcements_missing:
+        failed = record.metrics.get("OutcomeEventFailed", 0)
+        lines.append(
+            "FOUND fates never announced (the event expected): "
+            + " ".join(f"{k}={n}" for k, n in sorted(verdict.announcements_missing.items()))
+            + f"; outcome events that failed (OutcomeEventFailed): {failed}"
+        )
+        lines.extend(f"UNANNOUNCED {example}" for example in verdict.announcements_missing_examples)
     return lines
 
 
@@ -727,7 +788,8 @@ def main() -> int:
     print(verdict.summary(time.monotonic() - started))
     # An outcome record may be wrong only where its write failed, which the worker counted.
     wrong_records = sum(verdict.outcomes_wrong.values()) > record.metrics.get("OutcomeRecordFailed", 0)
-    return 1 if verdict.lost or verdict.leaked_credentials or wrong_records else 0
+    unannounced = sum(verdict.announcements_missing.values()) > record.metrics.get("OutcomeEventFailed", 0)
+    return 1 if verdict.lost or verdict.leaked_credentials or wrong_records or unannounced else 0
 
 
 if __name__ == "__main__":

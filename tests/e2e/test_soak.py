@@ -86,3 +86,12 @@ def test_every_requests_outcome_record_tells_its_fate(soak: tuple[RunRecord, Ver
     assert sum(verdict.outcomes_wrong.values()) <= record.metrics.get("OutcomeRecordFailed", 0), (
         verdict.outcomes_wrong_examples
     )
+
+
+def test_every_requests_fate_is_announced(soak: tuple[RunRecord, Verdict]) -> None:
+    record, verdict = soak
+    assert record.announced, "the outcome events were read"
+    # Outcome events are best-effort: one may be missing only where its put failed, and the worker counted it.
+    assert sum(verdict.announcements_missing.values()) <= record.metrics.get("OutcomeEventFailed", 0), (
+        verdict.announcements_missing_examples
+    )

@@ -99,8 +99,8 @@ def test_a_cancel_is_recorded_cancelled_and_a_second_delivery_does_not_undo_it(
 def test_a_cancel_whose_delivery_died_before_recording_it_is_recorded_and_announced_by_the_next(
     stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
 ) -> None:
-    # Given a delivery killed after Ryng confirmed and the idempotency record completed, as it was about to write
-    # the outcome record and put the event (its second UpdateItem, and PutEvents)
+    # Given a delivery killed after Ryng confirmed and the idempotency record completed, as it was about to put
+    # the event (before the outcome record: its second UpdateItem)
     simulator.add_ryng_calls("acme", "c-1")
     stack.send({**RYNG, "call_id": "c-1", "request_id": "order-3:cancel"})
     event = stack.source.receive()
@@ -120,6 +120,30 @@ def test_a_cancel_whose_delivery_died_before_recording_it_is_recorded_and_announ
     assert recorded is not None and recorded["outcome"] == "cancelled" and recorded["attempts"] == "2"
     [announced] = outcomes.events()
     assert_event_follows_the_contract(announced, "Cancel Succeeded", recorded)
+
+
+def test_a_cancel_whose_delivery_died_between_its_event_and_its_record_is_announced_again(
+    stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
+) -> None:
+    # Given a delivery killed after it announced the cancel, as it was about to write the outcome record
+    simulator.add_ryng_calls("acme", "c-1")
+    stack.send({**RYNG, "call_id": "c-1", "request_id": "order-5:cancel"})
+    event = stack.source.receive()
+    assert event is not None
+    kill_when({**os.environ, "PYTHONPATH": str(REPO)}, event, "UpdateItem#2")
+    assert [e["detail-type"] for e in outcomes.events()] == ["Cancel Succeeded"]
+    assert outcomes.record("order-5:cancel") is None
+
+    # When Lambda redelivers it
+    record = event["Records"][0]
+    record["attributes"]["ApproximateReceiveCount"] = "2"
+    assert stack.handler({"Records": [record]}, LocalLambdaContext(timeout_seconds=60)) == {"batchItemFailures": []}
+
+    # Then the record is written, and the cancel announced again: at least once, never not at all
+    recorded = outcomes.record("order-5:cancel")
+    assert recorded is not None and recorded["outcome"] == "cancelled"
+    assert [e["detail-type"] for e in outcomes.events()] == ["Cancel Succeeded", "Cancel Succeeded"]
+    assert len(simulator.calls("ryng")) == 1
 
 
 def test_two_copies_of_a_cancel_in_one_batch_are_announced_once(

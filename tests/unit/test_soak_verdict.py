@@ -191,3 +191,27 @@ def test_outcome_records_are_judged_against_each_request_keys_fate() -> None:
     # not_found: the worker could not know that its earlier attempt had cancelled it.
     assert verdict.outcomes_wrong == {"cancelled->duplicate": 1, "cancelled->none": 1}
     assert verdict.outcomes_wrong_examples == ["m5: cancelled, recorded none", "order-2: cancelled, recorded duplicate"]
+
+
+def test_each_request_keys_fate_must_be_announced() -> None:
+    cancelled, dead, ambiguous, unannounced = ryng("c1", request_id="order-1"), ryng("c2"), ryng("c3"), ryng("c4")
+    letters = [
+        {"message_id": "d1", "source_message_id": "m1", "failure_class": "auth", "failure_reason": "denied"},
+        {
+            "message_id": "d2",
+            "source_message_id": "m2",
+            "failure_class": "not_found",
+            "failure_reason": "Call ID does not exist; an earlier attempt of this request may have cancelled it",
+        },
+    ]
+    announced = {"order-1": {"Cancel Succeeded"}, "m1": {"Cancel Failed"}, "m2": {"Cancel Failed"}}
+    sim_cancelled = {("ryng", "c1"), ("ryng", "c3"), ("ryng", "c4")}
+
+    verdict = judge(
+        record(
+            [cancelled, dead, ambiguous, unannounced], sim_cancelled=sim_cancelled, letters=letters, announced=announced
+        )
+    )
+
+    assert verdict.announcements_missing == {"Cancel Succeeded": 1}
+    assert verdict.announcements_missing_examples == ["m3: Cancel Succeeded, got []"]

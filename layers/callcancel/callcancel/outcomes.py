@@ -9,7 +9,6 @@ nothing else.
 import contextlib
 import functools
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -178,8 +177,6 @@ class OutcomeRecorder:
         self._events = events if bus else None
         self._bus = bus
         self._retention = timedelta(days=retention_days)
-        # One thread per record of a batch in flight at most (the worker's MAX_IN_FLIGHT is at most 100).
-        self._announcer = ThreadPoolExecutor(max_workers=100, thread_name_prefix="outcome-event")
         if not table:
             logger.warning("OUTCOME_TABLE is not set: no outcome records are written")
         if not bus:
@@ -193,27 +190,41 @@ class OutcomeRecorder:
         return cls(dynamodb, table, events, bus, retention_days=retention_days)
 
     def record(self, outcome: Outcome) -> None:
-        """Never raises: the message's fate does not depend on it."""
-        if outcome.replayed:
-            # Announced only where the record did not say `cancelled` yet: nobody has been told.
-            if self._write_or_count(outcome):
-                self._announce_or_count(outcome)
-            return
-        # The record and the event are independent: put at the same time, one round trip on the record's path.
-        announced = self._announcer.submit(self._announce_or_count, outcome) if self._events else None
-        self._write_or_count(outcome)
-        if announced is not None:
-            announced.result()
+        """Never raises: the message's fate does not depend on it.
 
-    def _write_or_count(self, outcome: Outcome) -> bool:
-        """False when the record kept the outcome it holds (see `_condition`); True otherwise, failures included."""
+        The event goes first, then the record: a record that tells the outcome means it was announced. A delivery
+        that dies between the two leaves the record as it was, so the redelivery announces again (at least once,
+        never not at all). A replayed duplicate announces only where the record does not say `cancelled` yet.
+        """
+        if outcome.replayed and not self._untold(outcome):
+            return
+        self._announce_or_count(outcome)
+        self._write_or_count(outcome)
+
+    def _untold(self, outcome: Outcome) -> bool:
+        """Whether the record of a replayed cancel does not say `cancelled`: its delivery died before telling."""
+        if self._dynamodb is None or self._table is None:
+            return False  # nothing to tell by: the delivery that cancelled announced it, or died trying
+        try:
+            item = self._dynamodb.get_item(
+                TableName=self._table,
+                Key={"id": {"S": outcome.key}},
+                ConsistentRead=True,
+                ProjectionExpression="#outcome",
+                ExpressionAttributeNames={"#outcome": "outcome"},
+            ).get("Item", {})
+        except Exception as exc:
+            _warn("outcome record not read", exc, outcome)
+            return True  # at least once
+        return item.get("outcome", {}).get("S") != "cancelled"
+
+    def _write_or_count(self, outcome: Outcome) -> None:
         # Whatever went wrong (AWS, or a bug here), the cancel's own outcome stands.
         try:
-            return self._write(outcome)
+            self._write(outcome)
         except Exception as exc:
             _warn("outcome record not written", exc, outcome)
             count(RECORD_FAILED_METRIC)
-            return True
 
     def _announce_or_count(self, outcome: Outcome) -> None:
         try:
@@ -222,9 +233,9 @@ class OutcomeRecorder:
             _warn("outcome event not put", exc, outcome)
             count(EVENT_FAILED_METRIC)
 
-    def _write(self, outcome: Outcome) -> bool:
+    def _write(self, outcome: Outcome) -> None:
         if self._dynamodb is None or self._table is None:
-            return True
+            return
         values: dict[str, Any] = {
             "outcome": {"S": outcome.outcome},
             "attempts": {"N": str(outcome.attempts)},
@@ -262,8 +273,6 @@ class OutcomeRecorder:
             if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                 raise
             logger.info("outcome record kept: it holds a final outcome", extra={"outcome": outcome.outcome})
-            return False
-        return True
 
     def _announce(self, outcome: Outcome) -> None:
         detail_type = CANCEL_FAILED if outcome.failed else DETAIL_TYPES.get(outcome.outcome)
