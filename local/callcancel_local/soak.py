@@ -741,22 +741,17 @@ def details(record: RunRecord, verdict: Verdict) -> list[str]:
         )
     lines.extend(f"LOST {example}" for example in verdict.lost_examples)
     lines.extend(f"FALSE ALARM {example}" for example in verdict.false_alarm_examples)
-    if verdict.outcomes_wrong:
-        failed = record.metrics.get("OutcomeRecordFailed", 0)
-        lines.append(
-            "FOUND outcome records that do not tell the request's fate (expected->recorded): "
-            + " ".join(f"{k}={n}" for k, n in sorted(verdict.outcomes_wrong.items()))
-            + f"; outcome record writes that failed (OutcomeRecordFailed): {failed}"
-        )
-        lines.extend(f"OUTCOME {example}" for example in verdict.outcomes_wrong_examples)
-    if verdict.announcements_missing:
-        failed = record.metrics.get("OutcomeEventFailed", 0)
-        lines.append(
-            "FOUND fates never announced (the event expected): "
-            + " ".join(f"{k}={n}" for k, n in sorted(verdict.announcements_missing.items()))
-            + f"; outcome events that failed (OutcomeEventFailed): {failed}"
-        )
-        lines.extend(f"UNANNOUNCED {example}" for example in verdict.announcements_missing_examples)
+    best_effort = (
+        ("outcome records that do not tell the request's fate (expected->recorded)", "OutcomeRecordFailed", "OUTCOME",
+         verdict.outcomes_wrong, verdict.outcomes_wrong_examples),
+        ("fates never announced (the event expected)", "OutcomeEventFailed", "UNANNOUNCED",
+         verdict.announcements_missing, verdict.announcements_missing_examples),
+    )  # fmt: skip
+    for title, metric, label, found, examples in best_effort:
+        if found:
+            counts = " ".join(f"{k}={n}" for k, n in sorted(found.items()))
+            lines.append(f"FOUND {title}: {counts}; failed writes counted ({metric}): {record.metrics.get(metric, 0)}")
+            lines.extend(f"{label} {example}" for example in examples)
     return lines
 
 

@@ -227,6 +227,21 @@ def test_without_a_deferred_table_a_nightly_request_is_dead_lettered(
     assert simulator.calls() == []
 
 
+def a_night_that_fails_at(step: str, purge: PurgeStack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One night's purge whose every call of `step` (see STEPS) is throttled: the run fails."""
+    make_api_call = BaseClient._make_api_call
+
+    def failing(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if STEPS[step](operation, params):
+            raise throttled(operation)
+        return make_api_call(client, operation, params)
+
+    with monkeypatch.context() as night:
+        night.setattr(BaseClient, "_make_api_call", failing)
+        with pytest.raises(PurgeError, match="ThrottlingException"):
+            purge.run({"time": "2026-11-23T20:30:00Z"})
+
+
 def test_a_request_enqueued_but_not_removed_is_not_sent_again_the_next_night(
     purge: PurgeStack, stack: WorkerStack, simulator: ProviderSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -234,17 +249,7 @@ def test_a_request_enqueued_but_not_removed_is_not_sent_again_the_next_night(
     simulator.add_ryng_calls("acme", "c-1")
     stack.send({**RYNG, "call_id": "c-1", "when": "nightly"})
     stack.run_until_empty()
-    make_api_call = BaseClient._make_api_call
-
-    def deletes_fail(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        if is_delete(operation, params):
-            raise throttled(operation)
-        return make_api_call(client, operation, params)
-
-    with monkeypatch.context() as night_one:
-        night_one.setattr(BaseClient, "_make_api_call", deletes_fail)
-        with pytest.raises(PurgeError, match="ThrottlingException"):
-            purge.run({"time": "2026-11-23T20:30:00Z"})
+    a_night_that_fails_at("delete", purge, monkeypatch)
     stack.run_until_empty()
     assert simulator.cancelled("ryng") == ["c-1"]
 
@@ -270,18 +275,9 @@ def test_a_request_sent_but_never_marked_is_not_sent_again_once_the_worker_recei
     simulator.add_plum_deployment(PLUM_EMAIL, "app1", "dep1", pending=2)
     plum = {"provider": "plum", "account": "acme", "application_id": "app1", "deployment_id": "dep1"}
     purge.defer([deferred_item("d-1", {**plum, "when": "nightly"})])
-    make_api_call = BaseClient._make_api_call
-
-    def marks_fail(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
-        if operation == "BatchWriteItem" and not is_delete(operation, params):
-            raise throttled(operation)
-        return make_api_call(client, operation, params)
 
     # And a night whose purge sends it, but whose every run fails to mark it enqueued
-    with monkeypatch.context() as night_one:
-        night_one.setattr(BaseClient, "_make_api_call", marks_fail)
-        with pytest.raises(PurgeError, match="ThrottlingException"):
-            purge.run({"time": "2026-11-23T20:30:00Z"})
+    a_night_that_fails_at("mark", purge, monkeypatch)
     stack.run_until_empty()
     assert simulator.cancelled("plum") == ["app1/dep1"]
     # And a second deferral, left over too, that no run has sent yet

@@ -2,6 +2,7 @@
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,23 +97,36 @@ def test_a_cancel_is_recorded_cancelled_and_a_second_delivery_does_not_undo_it(
     assert second != first
 
 
+def killed_after_ryng_confirmed(
+    stack: WorkerStack, simulator: ProviderSimulator, request_id: str, operations: str
+) -> Callable[[], None]:
+    """A cancel whose delivery is killed as it reaches `operations` (see worker_child); returns its redelivery."""
+    simulator.add_ryng_calls("acme", "c-1")
+    stack.send({**RYNG, "call_id": "c-1", "request_id": request_id})
+    event = stack.source.receive()
+    assert event is not None
+    kill_when({**os.environ, "PYTHONPATH": str(REPO)}, event, operations)
+    assert simulator.cancelled("ryng") == ["c-1"]
+
+    def redeliver() -> None:
+        record = event["Records"][0]
+        record["attributes"]["ApproximateReceiveCount"] = "2"
+        response = stack.handler({"Records": [record]}, LocalLambdaContext(timeout_seconds=60))
+        assert response == {"batchItemFailures": []}
+
+    return redeliver
+
+
 def test_a_cancel_whose_delivery_died_before_recording_it_is_recorded_and_announced_by_the_next(
     stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
 ) -> None:
     # Given a delivery killed after Ryng confirmed and the idempotency record completed, as it was about to put
     # the event (before the outcome record: its second UpdateItem)
-    simulator.add_ryng_calls("acme", "c-1")
-    stack.send({**RYNG, "call_id": "c-1", "request_id": "order-3:cancel"})
-    event = stack.source.receive()
-    assert event is not None
-    kill_when({**os.environ, "PYTHONPATH": str(REPO)}, event, "UpdateItem#2 PutEvents")
-    assert simulator.cancelled("ryng") == ["c-1"]
+    redeliver = killed_after_ryng_confirmed(stack, simulator, "order-3:cancel", "UpdateItem#2 PutEvents")
     assert outcomes.record("order-3:cancel") is None and outcomes.events() == []
 
     # When Lambda redelivers it: the completed idempotency record replays, with no provider call
-    record = event["Records"][0]
-    record["attributes"]["ApproximateReceiveCount"] = "2"
-    assert stack.handler({"Records": [record]}, LocalLambdaContext(timeout_seconds=60)) == {"batchItemFailures": []}
+    redeliver()
 
     # Then the request's fate is recorded and announced all the same: cancelled, once
     assert len(simulator.calls("ryng")) == 1
@@ -126,18 +140,12 @@ def test_a_cancel_whose_delivery_died_between_its_event_and_its_record_is_announ
     stack: WorkerStack, simulator: ProviderSimulator, outcomes: Outcomes
 ) -> None:
     # Given a delivery killed after it announced the cancel, as it was about to write the outcome record
-    simulator.add_ryng_calls("acme", "c-1")
-    stack.send({**RYNG, "call_id": "c-1", "request_id": "order-5:cancel"})
-    event = stack.source.receive()
-    assert event is not None
-    kill_when({**os.environ, "PYTHONPATH": str(REPO)}, event, "UpdateItem#2")
+    redeliver = killed_after_ryng_confirmed(stack, simulator, "order-5:cancel", "UpdateItem#2")
     assert [e["detail-type"] for e in outcomes.events()] == ["Cancel Succeeded"]
     assert outcomes.record("order-5:cancel") is None
 
     # When Lambda redelivers it
-    record = event["Records"][0]
-    record["attributes"]["ApproximateReceiveCount"] = "2"
-    assert stack.handler({"Records": [record]}, LocalLambdaContext(timeout_seconds=60)) == {"batchItemFailures": []}
+    redeliver()
 
     # Then the record is written, and the cancel announced again: at least once, never not at all
     recorded = outcomes.record("order-5:cancel")

@@ -169,19 +169,24 @@ def test_a_credential_anywhere_in_the_output_is_a_leak() -> None:
     assert verdict.leaks == {"worker-0.log": 2, "dead letters": 1}
 
 
+MAY_HAVE = "Call ID does not exist; an earlier attempt of this request may have cancelled it"
+
+
+def letter(source: str, failure_class: str, reason: str) -> dict[str, str]:
+    """The worker's dead letter for the message `source`."""
+    return {
+        "message_id": f"d-{source}",
+        "source_message_id": source,
+        "failure_class": failure_class,
+        "failure_reason": reason,
+    }
+
+
 def test_outcome_records_are_judged_against_each_request_keys_fate() -> None:
     cancelled, repeated = ryng("c1", request_id="order-1"), ryng("c2", request_id="order-2")
     dead, ambiguous, lost_record = ryng("c3", expect="not_found"), ryng("c4"), ryng("c5")
     requests = [cancelled, repeated, repeated, dead, ambiguous, lost_record]
-    letters = [
-        {"message_id": "d3", "source_message_id": "m3", "failure_class": "not_found", "failure_reason": "no such"},
-        {
-            "message_id": "d4",
-            "source_message_id": "m4",
-            "failure_class": "not_found",
-            "failure_reason": "Call ID does not exist; an earlier attempt of this request may have cancelled it",
-        },
-    ]
+    letters = [letter("m3", "not_found", "no such"), letter("m4", "not_found", MAY_HAVE)]
     recorded = {"order-1": "cancelled", "order-2": "duplicate", "m3": "not_found", "m4": "not_found"}
     sim_cancelled = {("ryng", "c1"), ("ryng", "c2"), ("ryng", "c4"), ("ryng", "c5")}
 
@@ -195,15 +200,7 @@ def test_outcome_records_are_judged_against_each_request_keys_fate() -> None:
 
 def test_each_request_keys_fate_must_be_announced() -> None:
     cancelled, dead, ambiguous, unannounced = ryng("c1", request_id="order-1"), ryng("c2"), ryng("c3"), ryng("c4")
-    letters = [
-        {"message_id": "d1", "source_message_id": "m1", "failure_class": "auth", "failure_reason": "denied"},
-        {
-            "message_id": "d2",
-            "source_message_id": "m2",
-            "failure_class": "not_found",
-            "failure_reason": "Call ID does not exist; an earlier attempt of this request may have cancelled it",
-        },
-    ]
+    letters = [letter("m1", "auth", "denied"), letter("m2", "not_found", MAY_HAVE)]
     announced = {"order-1": {"Cancel Succeeded"}, "m1": {"Cancel Failed"}, "m2": {"Cancel Failed"}}
     sim_cancelled = {("ryng", "c1"), ("ryng", "c3"), ("ryng", "c4")}
 
